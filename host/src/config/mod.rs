@@ -1,0 +1,546 @@
+//! The `atoll.toml` manifest: schema, loading and validation.
+//!
+//! Parsing is strict: an unknown key, a malformed size or duration, or a route
+//! that collides with another component's is an error that names the file,
+//! the line and the key, so an operator can fix it without guessing.
+
+mod units;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use units::{ByteSize, parse_duration, parse_size};
+
+/// Default listen address of the gateway.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// A parsed, validated manifest.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// The file it came from (for error messages); `None` when built in code.
+    pub path: Option<PathBuf>,
+    /// Directory relative paths in the manifest are resolved against.
+    pub base_dir: PathBuf,
+    /// Host-wide settings.
+    pub host: HostSettings,
+    /// Components by name, in name order.
+    pub components: BTreeMap<String, ComponentSpec>,
+}
+
+/// `[host]`: settings of the `atoll` process itself.
+#[derive(Debug, Clone)]
+pub struct HostSettings {
+    /// Gateway listen address (`listen`, default 127.0.0.1:8080; port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Where stores and the compiled-artifact cache live (`data_dir`, default `.atoll`
+    /// next to the manifest).
+    pub data_dir: PathBuf,
+    /// How long in-flight requests may take to finish on shutdown (`shutdown_grace`, default 30s).
+    pub shutdown_grace: Duration,
+}
+
+/// `[components.NAME]`: one service.
+#[derive(Debug, Clone)]
+pub struct ComponentSpec {
+    /// The component's name (the table key).
+    pub name: String,
+    /// A `.wasm` component file, or a Rust crate directory that `atoll build` builds.
+    pub source: PathBuf,
+    /// Routes, exact (`/hello`) or prefix (`/orders/...`).
+    pub routes: Vec<Route>,
+    /// Outbound HTTP destinations this component may call (`scheme://host[:port]`, `*` wildcards).
+    pub allowed_outbound_hosts: Vec<String>,
+    /// Resource limits.
+    pub limits: Limits,
+    /// Plain configuration values, visible through `wasi:config/store`.
+    pub config: BTreeMap<String, String>,
+    /// Secret values (from the environment or a file), visible through `wasi:config/store`
+    /// to this component only and never logged.
+    pub secrets: BTreeMap<String, String>,
+}
+
+/// A route pattern.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Route {
+    /// Matches this path exactly.
+    Exact(String),
+    /// Matches this path and everything below it (`/orders/...` is stored as `/orders`).
+    Prefix(String),
+}
+
+impl Route {
+    /// Parses `/path` (exact) or `/path/...` (prefix; `/...` matches everything).
+    pub fn parse(text: &str) -> Result<Route, String> {
+        if !text.starts_with('/') {
+            return Err(format!("route `{text}` must start with `/`"));
+        }
+        if text.contains(['?', '#']) || text.chars().any(char::is_whitespace) {
+            return Err(format!(
+                "route `{text}` may not contain a query, a fragment or whitespace"
+            ));
+        }
+        if let Some(prefix) = text.strip_suffix("/...") {
+            if prefix.contains("...") {
+                return Err(format!("route `{text}`: `...` may only end a route"));
+            }
+            return Ok(Route::Prefix(prefix.to_string()));
+        }
+        if text.contains("...") {
+            return Err(format!(
+                "route `{text}`: a prefix route ends with `/...`, as in `/orders/...`"
+            ));
+        }
+        Ok(Route::Exact(text.to_string()))
+    }
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Route::Exact(p) => f.write_str(p),
+            Route::Prefix(p) => write!(f, "{p}/..."),
+        }
+    }
+}
+
+/// Per-component limits. Every one has a default; all are configurable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Maximum linear memory of one instance (`memory`, default 64 MiB).
+    pub memory: u64,
+    /// Wall-clock budget of one request (`deadline`, default 10s).
+    pub deadline: Duration,
+    /// Instances running at once; the next request gets 503 (`max_concurrency`, default 100).
+    pub max_concurrency: u32,
+    /// Maximum wasm stack (`stack`, default 512 KiB).
+    pub stack: u64,
+    /// Largest key-value value accepted (`kv_value_size`, default 1 MiB).
+    pub kv_value_size: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory: 64 << 20,
+            deadline: Duration::from_secs(10),
+            max_concurrency: 100,
+            stack: 512 << 10,
+            kv_value_size: 1 << 20,
+        }
+    }
+}
+
+/// An error in a manifest, with where it is.
+#[derive(Debug, thiserror::Error)]
+#[error("{location}: {message}")]
+pub struct ManifestError {
+    /// `file:line:column`, or just the file.
+    pub location: String,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+// ---- raw schema (what serde reads) ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    #[serde(default)]
+    host: RawHost,
+    #[serde(default)]
+    components: BTreeMap<Spanned<String>, RawComponent>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHost {
+    listen: Option<Spanned<String>>,
+    data_dir: Option<String>,
+    #[serde(default, deserialize_with = "units::de_opt_duration")]
+    shutdown_grace: Option<Duration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawComponent {
+    source: Spanned<String>,
+    #[serde(default)]
+    routes: Vec<Spanned<String>>,
+    #[serde(default)]
+    allowed_outbound_hosts: Vec<Spanned<String>>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    config: BTreeMap<String, String>,
+    #[serde(default)]
+    secrets: BTreeMap<Spanned<String>, RawSecret>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    #[serde(default, deserialize_with = "units::de_opt_size")]
+    memory: Option<u64>,
+    #[serde(default, deserialize_with = "units::de_opt_duration")]
+    deadline: Option<Duration>,
+    max_concurrency: Option<u32>,
+    #[serde(default, deserialize_with = "units::de_opt_size")]
+    stack: Option<u64>,
+    #[serde(default, deserialize_with = "units::de_opt_size")]
+    kv_value_size: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecret {
+    env: Option<String>,
+    file: Option<String>,
+}
+
+/// Where a line/column lookup reads from.
+struct Source<'a> {
+    file: String,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn at(&self, span: std::ops::Range<usize>, message: impl Into<String>) -> ManifestError {
+        let offset = span.start.min(self.text.len());
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        ManifestError {
+            location: format!("{}:{line}:{column}", self.file),
+            message: message.into(),
+        }
+    }
+
+    fn whole(&self, message: impl Into<String>) -> ManifestError {
+        ManifestError {
+            location: self.file.clone(),
+            message: message.into(),
+        }
+    }
+}
+
+impl Manifest {
+    /// Reads and validates a manifest file.
+    pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ManifestError {
+            location: path.display().to_string(),
+            message: format!(
+                "cannot read manifest: {e} (pass the path of an atoll.toml, e.g. `atoll up examples/hello/atoll.toml`)"
+            ),
+        })?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
+        let mut manifest = Self::parse(&text, &path.display().to_string(), &base)?;
+        manifest.path = Some(path.to_path_buf());
+        Ok(manifest)
+    }
+
+    /// Parses and validates manifest text; `file` names it in errors and relative
+    /// paths resolve against `base_dir`.
+    pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Manifest, ManifestError> {
+        let src = Source {
+            file: file.to_string(),
+            text,
+        };
+        let raw: RawManifest = toml::from_str(text).map_err(|e| match e.span() {
+            Some(span) => src.at(span, e.message().trim_end().to_string()),
+            None => src.whole(e.message().trim_end().to_string()),
+        })?;
+
+        let listen = match &raw.host.listen {
+            Some(s) => s.get_ref().parse().map_err(|_| {
+                src.at(
+                    s.span(),
+                    format!(
+                        "`listen` = `{}` is not an address; write it as `IP:PORT`, e.g. `127.0.0.1:8080`",
+                        s.get_ref()
+                    ),
+                )
+            })?,
+            None => DEFAULT_LISTEN.parse().expect("default listen address parses"),
+        };
+        let host = HostSettings {
+            listen,
+            data_dir: base_dir.join(raw.host.data_dir.as_deref().unwrap_or(".atoll")),
+            shutdown_grace: raw.host.shutdown_grace.unwrap_or(Duration::from_secs(30)),
+        };
+
+        let mut components = BTreeMap::new();
+        // route -> (component, span) of its first owner, to report collisions.
+        let mut owners: BTreeMap<Route, (String, std::ops::Range<usize>)> = BTreeMap::new();
+        for (name, raw) in raw.components {
+            let name_span = name.span();
+            let name = name.into_inner();
+            validate_name(&name).map_err(|m| src.at(name_span.clone(), m))?;
+            if raw.source.get_ref().trim().is_empty() {
+                return Err(src.at(
+                    raw.source.span(),
+                    format!("component `{name}`: `source` is empty; give a .wasm file or a crate directory"),
+                ));
+            }
+            let mut routes = Vec::new();
+            for r in &raw.routes {
+                let route = Route::parse(r.get_ref())
+                    .map_err(|m| src.at(r.span(), format!("component `{name}`: {m}")))?;
+                if let Some((other, other_span)) = owners.get(&route) {
+                    let other_line = src.at(other_span.clone(), "").location;
+                    let whose = if other == &name {
+                        "is listed twice for it".to_string()
+                    } else {
+                        format!("is already routed to component `{other}` ({other_line})")
+                    };
+                    return Err(src.at(
+                        r.span(),
+                        format!(
+                            "route `{route}` of component `{name}` {whose}; each route belongs to one component"
+                        ),
+                    ));
+                }
+                owners.insert(route.clone(), (name.clone(), r.span()));
+                routes.push(route);
+            }
+            let mut allowed = Vec::new();
+            for h in &raw.allowed_outbound_hosts {
+                crate::policy::OutboundRule::parse(h.get_ref())
+                    .map_err(|m| src.at(h.span(), format!("component `{name}`: {m}")))?;
+                allowed.push(h.get_ref().clone());
+            }
+            let d = Limits::default();
+            let limits = Limits {
+                memory: raw.limits.memory.unwrap_or(d.memory),
+                deadline: raw.limits.deadline.unwrap_or(d.deadline),
+                max_concurrency: raw.limits.max_concurrency.unwrap_or(d.max_concurrency),
+                stack: raw.limits.stack.unwrap_or(d.stack),
+                kv_value_size: raw.limits.kv_value_size.unwrap_or(d.kv_value_size),
+            };
+            check_limits(&name, &limits).map_err(|m| src.whole(m))?;
+            let mut secrets = BTreeMap::new();
+            for (key, secret) in raw.secrets {
+                let value = resolve_secret(&name, key.get_ref(), &secret, base_dir)
+                    .map_err(|m| src.at(key.span(), m))?;
+                if raw.config.contains_key(key.get_ref()) {
+                    return Err(src.at(
+                        key.span(),
+                        format!(
+                            "component `{name}`: `{}` is both a config value and a secret; keep one",
+                            key.get_ref()
+                        ),
+                    ));
+                }
+                secrets.insert(key.into_inner(), value);
+            }
+            components.insert(
+                name.clone(),
+                ComponentSpec {
+                    source: base_dir.join(raw.source.get_ref()),
+                    name,
+                    routes,
+                    allowed_outbound_hosts: allowed,
+                    limits,
+                    config: raw.config,
+                    secrets,
+                },
+            );
+        }
+        Ok(Manifest {
+            path: None,
+            base_dir: base_dir.to_path_buf(),
+            host,
+            components,
+        })
+    }
+}
+
+fn validate_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "component name `{name}` is not valid: use 1-64 lowercase letters, digits, `-` or `_`, starting with a letter or digit"
+        ))
+    }
+}
+
+fn check_limits(name: &str, l: &Limits) -> Result<(), String> {
+    let fail = |what: &str| Err(format!("component `{name}`: limits.{what}"));
+    if l.memory < (1 << 16) || l.memory > (4 << 30) {
+        return fail("memory must be between 64KiB and 4GiB");
+    }
+    if l.deadline.is_zero() || l.deadline > Duration::from_secs(3600) {
+        return fail("deadline must be between 1ms and 1h");
+    }
+    if l.max_concurrency == 0 || l.max_concurrency > 10_000 {
+        return fail("max_concurrency must be between 1 and 10000");
+    }
+    if l.stack < (16 << 10) || l.stack > (64 << 20) {
+        return fail("stack must be between 16KiB and 64MiB");
+    }
+    if l.kv_value_size == 0 || l.kv_value_size > (64 << 20) {
+        return fail("kv_value_size must be between 1B and 64MiB");
+    }
+    Ok(())
+}
+
+fn resolve_secret(
+    component: &str,
+    key: &str,
+    secret: &RawSecret,
+    base_dir: &Path,
+) -> Result<String, String> {
+    match (&secret.env, &secret.file) {
+        (Some(var), None) => std::env::var(var).map_err(|_| {
+            format!(
+                "component `{component}`: secret `{key}` reads environment variable `{var}`, which is not set; export it before `atoll up`"
+            )
+        }),
+        (None, Some(file)) => {
+            let path = base_dir.join(file);
+            std::fs::read_to_string(&path)
+                .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+                .map_err(|e| {
+                    format!(
+                        "component `{component}`: secret `{key}` reads file `{}`: {e}",
+                        path.display()
+                    )
+                })
+        }
+        _ => Err(format!(
+            "component `{component}`: secret `{key}` needs exactly one of `env = \"VAR\"` or `file = \"path\"`"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        Manifest::parse(text, "atoll.toml", Path::new("/app"))
+    }
+
+    #[test]
+    fn defaults_and_paths() {
+        let m = parse(
+            "[components.hello]\nsource = \"hello.wasm\"\nroutes = [\"/hello\", \"/api/...\"]\n",
+        )
+        .unwrap();
+        assert_eq!(m.host.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(m.host.data_dir, Path::new("/app/.atoll"));
+        let c = &m.components["hello"];
+        assert_eq!(c.source, Path::new("/app/hello.wasm"));
+        assert_eq!(
+            c.routes,
+            vec![Route::Exact("/hello".into()), Route::Prefix("/api".into())]
+        );
+        assert_eq!(c.limits, Limits::default());
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let e = parse("[components.a]\nsource = \"a.wasm\"\nrouts = [\"/a\"]\n").unwrap_err();
+        assert_eq!(e.location, "atoll.toml:3:1");
+        assert!(e.message.contains("unknown field `routs`"), "{e}");
+    }
+
+    #[test]
+    fn limits_parse_units() {
+        let m = parse(
+            "[components.a]\nsource = \"a.wasm\"\n[components.a.limits]\nmemory = \"16MiB\"\ndeadline = \"250ms\"\nstack = \"1MiB\"\n",
+        )
+        .unwrap();
+        let l = &m.components["a"].limits;
+        assert_eq!(l.memory, 16 << 20);
+        assert_eq!(l.deadline, Duration::from_millis(250));
+        assert_eq!(l.stack, 1 << 20);
+    }
+
+    #[test]
+    fn bad_size_is_located() {
+        let e = parse(
+            "[components.a]\nsource = \"a.wasm\"\n[components.a.limits]\nmemory = \"lots\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.location, "atoll.toml:4:10");
+        assert!(e.message.contains("`lots` is not a size"), "{e}");
+    }
+
+    #[test]
+    fn colliding_routes_name_both_components() {
+        let e = parse(
+            "[components.a]\nsource = \"a.wasm\"\nroutes = [\"/x\"]\n[components.b]\nsource = \"b.wasm\"\nroutes = [\"/x\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.location, "atoll.toml:6:11");
+        assert!(
+            e.message.contains(
+                "route `/x` of component `b` is already routed to component `a` (atoll.toml:3:11)"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_routes() {
+        for (route, want) in [
+            ("x", "must start with `/`"),
+            ("/a/.../b", "ends with `/...`"),
+            ("/a/.../...", "may only end a route"),
+            ("/a...", "ends with `/...`"),
+            ("/a?b", "may not contain a query"),
+        ] {
+            let e = parse(&format!(
+                "[components.a]\nsource = \"a.wasm\"\nroutes = [\"{route}\"]\n"
+            ))
+            .unwrap_err();
+            assert!(e.message.contains(want), "{route}: {e}");
+        }
+    }
+
+    #[test]
+    fn bad_component_name() {
+        let e = parse("[components.Bad]\nsource = \"a.wasm\"\n").unwrap_err();
+        assert!(
+            e.message.contains("component name `Bad` is not valid"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn secrets_from_env_and_missing_env() {
+        let e = parse(
+            "[components.a]\nsource = \"a.wasm\"\n[components.a.secrets]\nkey = { env = \"ATOLL_TEST_SURELY_UNSET\" }\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.message
+                .contains("`ATOLL_TEST_SURELY_UNSET`, which is not set"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_listen() {
+        let e = parse("[host]\nlisten = \"localhost\"\n").unwrap_err();
+        assert_eq!(e.location, "atoll.toml:2:10");
+        assert!(e.message.contains("is not an address"), "{e}");
+    }
+}

@@ -1,0 +1,220 @@
+//! Starting and stopping a host from a manifest.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, anyhow};
+use tokio::sync::{Semaphore, watch};
+use wasmtime_wasi_config::WasiConfigVariables;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::config::{ComponentSpec, Manifest};
+use crate::engine::{ArtifactCache, Engines, PoolSize, load_component};
+use crate::kv::{KvBackend, SledBackend};
+use crate::policy::OutboundPolicy;
+use crate::registry::{ComponentRuntime, Registry, RouteTable};
+use crate::sandbox::Grants;
+use crate::{build, gateway};
+
+/// A host that is serving.
+pub struct RunningHost {
+    addr: SocketAddr,
+    registry: Arc<Registry>,
+    shutdown: watch::Sender<bool>,
+    served: tokio::task::JoinHandle<anyhow::Result<()>>,
+    kv: Arc<dyn KvBackend>,
+    _engines: Engines,
+}
+
+/// Loads every component of a manifest (building crate sources, compiling or
+/// using cached artifacts) and links them; nothing listens yet.
+pub struct LoadedApp {
+    manifest: Manifest,
+    registry: Arc<Registry>,
+    kv: Arc<dyn KvBackend>,
+    engines: Engines,
+}
+
+impl LoadedApp {
+    /// Loads a manifest's components. Errors name the component and the problem.
+    pub async fn load(manifest: Manifest) -> anyhow::Result<LoadedApp> {
+        let data_dir = &manifest.host.data_dir;
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating data_dir {}", data_dir.display()))?;
+        let kv: Arc<dyn KvBackend> = Arc::new(SledBackend::open(&data_dir.join("kv"))?);
+        let specs: Vec<&ComponentSpec> = manifest.components.values().collect();
+        let pool = PoolSize {
+            instances: specs.iter().map(|c| c.limits.max_concurrency).sum::<u32>() + 16,
+            max_memory: specs
+                .iter()
+                .map(|c| c.limits.memory)
+                .max()
+                .unwrap_or(64 << 20),
+        };
+        let engines = Engines::new(pool)?;
+        let cache = ArtifactCache::new(data_dir.join("cache"));
+        let mut runtimes = Vec::new();
+        let mut routes = Vec::new();
+        for (i, spec) in specs.iter().enumerate() {
+            let rt = load_one(spec, &engines, &cache, kv.as_ref(), i + 1, specs.len())
+                .await
+                .with_context(|| {
+                    format!("component `{}` ({})", spec.name, spec.source.display())
+                })?;
+            let rt = Arc::new(rt);
+            routes.extend(spec.routes.iter().map(|r| (r.clone(), rt.clone())));
+            runtimes.push(rt);
+        }
+        let registry = Arc::new(Registry::new(runtimes, RouteTable::new(routes)));
+        Ok(LoadedApp {
+            manifest,
+            registry,
+            kv,
+            engines,
+        })
+    }
+
+    /// Binds the listener and starts serving.
+    pub async fn serve(self) -> anyhow::Result<RunningHost> {
+        let listener = gateway::bind(self.manifest.host.listen).await?;
+        let addr = gateway::local_addr(&listener)?;
+        let (shutdown, rx) = watch::channel(false);
+        let served = tokio::spawn(gateway::serve(
+            listener,
+            self.registry.clone(),
+            self.kv.clone(),
+            rx,
+            self.manifest.host.shutdown_grace,
+        ));
+        Ok(RunningHost {
+            addr,
+            registry: self.registry,
+            shutdown,
+            served,
+            kv: self.kv,
+            _engines: self.engines,
+        })
+    }
+}
+
+impl RunningHost {
+    /// Loads a manifest and serves it.
+    pub async fn start(manifest: Manifest) -> anyhow::Result<RunningHost> {
+        LoadedApp::load(manifest).await?.serve().await
+    }
+
+    /// Where the gateway listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// What is running.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to the grace
+    /// period), then flushes the stores.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        self.served
+            .await
+            .map_err(|e| anyhow!("gateway task failed: {e}"))??;
+        let kv = self.kv.clone();
+        tokio::task::spawn_blocking(move || kv.flush_blocking())
+            .await
+            .map_err(|e| anyhow!("flush task failed: {e}"))??;
+        tracing::info!("stores flushed; stopped");
+        Ok(())
+    }
+}
+
+async fn load_one(
+    spec: &ComponentSpec,
+    engines: &Engines,
+    cache: &ArtifactCache,
+    kv: &dyn KvBackend,
+    index: usize,
+    total: usize,
+) -> anyhow::Result<ComponentRuntime> {
+    let wasm = resolve_source(&spec.source).await?;
+    let handle = engines.get(spec.limits.stack)?;
+    tracing::info!(
+        "[{index}/{total}] loading `{}` from {}",
+        spec.name,
+        wasm.display()
+    );
+    let engine = handle.engine.clone();
+    let cache = cache.clone();
+    let path = wasm.clone();
+    let loaded = tokio::task::spawn_blocking(move || load_component(&engine, &path, Some(&cache)))
+        .await
+        .map_err(|e| anyhow!("compile task failed: {e}"))??;
+    let started = Instant::now();
+    let instance_pre = handle.linker.instantiate_pre(&loaded.component).map_err(|e| {
+        anyhow!(
+            "cannot link: {e:#}. Atoll provides wasi:http (incoming-handler, outgoing-handler), wasi:keyvalue (store, atomics, batch), wasi:config/store, wasi:logging and the wasi:cli/io/clocks/random/filesystem/sockets interfaces of WASI 0.2"
+        )
+    })?;
+    let pre = ProxyPre::new(instance_pre)
+        .map_err(anyhow::Error::from)
+        .context("linking the wasi:http proxy world")?;
+    tracing::info!(
+        "[{index}/{total}] `{}` ready: sha256:{} ({} in {:.0?}, linked in {:.0?})",
+        spec.name,
+        &loaded.digest[..12],
+        if loaded.cached {
+            "cached artifact"
+        } else {
+            "compiled"
+        },
+        loaded.elapsed,
+        started.elapsed(),
+    );
+    let config: WasiConfigVariables = spec
+        .config
+        .iter()
+        .chain(spec.secrets.iter())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let name: Arc<str> = Arc::from(spec.name.as_str());
+    Ok(ComponentRuntime {
+        grants: Grants {
+            component: name.clone(),
+            namespace: kv.namespace(&spec.name)?,
+            config: Arc::new(config),
+            outbound: Arc::new(
+                OutboundPolicy::new(&spec.allowed_outbound_hosts).map_err(|e| anyhow!(e))?,
+            ),
+            memory: spec.limits.memory as usize,
+            kv_value_size: spec.limits.kv_value_size as usize,
+        },
+        name,
+        digest: loaded.digest,
+        engine: handle.engine,
+        pre,
+        limits: spec.limits.clone(),
+        concurrency: Arc::new(Semaphore::new(spec.limits.max_concurrency as usize)),
+    })
+}
+
+/// A `source` is a .wasm file, or a crate directory to build first.
+async fn resolve_source(source: &Path) -> anyhow::Result<PathBuf> {
+    if source.is_dir() {
+        let dir = source.to_path_buf();
+        return tokio::task::spawn_blocking(move || {
+            build::build_crate(&dir, &build::BuildOptions::default())
+        })
+        .await
+        .map_err(|e| anyhow!("build task failed: {e}"))?;
+    }
+    if !source.exists() {
+        anyhow::bail!(
+            "source not found: {} does not exist; set `source` to a .wasm component or a crate directory (build one with `atoll build <crate dir>`)",
+            source.display()
+        );
+    }
+    Ok(source.to_path_buf())
+}

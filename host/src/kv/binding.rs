@@ -1,0 +1,252 @@
+//! `wasi:keyvalue` (store, atomics, batch) for a component's namespace.
+
+use std::sync::Arc;
+
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+
+use super::{KvError, LIST_PAGE, MAX_BUCKET_LEN, Namespace, bucket_prefix, encode_key};
+use crate::bindings::wasi::keyvalue::{atomics, batch, store};
+
+/// The `bucket` resource: an opened bucket of the component's namespace.
+pub struct Bucket {
+    prefix: Vec<u8>,
+}
+
+/// Per-invocation key-value state: the component's namespace and whether this
+/// invocation wrote anything (then its response waits for durability).
+pub struct KvState {
+    namespace: Arc<dyn Namespace>,
+    component: Arc<str>,
+    max_value: usize,
+    dirty: bool,
+}
+
+impl KvState {
+    /// State for one invocation of `component`.
+    pub fn new(namespace: Arc<dyn Namespace>, component: Arc<str>, max_value: usize) -> Self {
+        KvState {
+            namespace,
+            component,
+            max_value,
+            dirty: false,
+        }
+    }
+
+    /// Whether this invocation wrote (set, delete, increment, batch).
+    pub fn dirty(&self) -> bool {
+        self.dirty
+    }
+}
+
+/// The borrowed view the generated `Host` traits are implemented on.
+pub struct KvView<'a> {
+    state: &'a mut KvState,
+    table: &'a mut ResourceTable,
+}
+
+impl<'a> KvView<'a> {
+    /// A view over a store's kv state and resource table.
+    pub fn new(state: &'a mut KvState, table: &'a mut ResourceTable) -> Self {
+        KvView { state, table }
+    }
+
+    fn prefix(&self, bucket: &Resource<Bucket>) -> Result<Vec<u8>, KvError> {
+        self.table
+            .get(bucket)
+            .map(|b| b.prefix.clone())
+            .map_err(|e| KvError::Other(e.to_string()))
+    }
+
+    fn key(&self, bucket: &Resource<Bucket>, key: &str) -> Result<Vec<u8>, KvError> {
+        encode_key(&self.prefix(bucket)?, key)
+    }
+
+    fn check_value(&self, value: &[u8]) -> Result<(), KvError> {
+        if value.len() > self.state.max_value {
+            return Err(KvError::Other(format!(
+                "value is {} bytes; this component's kv_value_size limit is {}",
+                value.len(),
+                self.state.max_value
+            )));
+        }
+        Ok(())
+    }
+
+    fn span(&self, op: &'static str) -> tracing::span::EnteredSpan {
+        tracing::debug_span!("kv", op, component = %self.state.component).entered()
+    }
+}
+
+struct HasKv;
+
+impl HasData for HasKv {
+    type Data<'a> = KvView<'a>;
+}
+
+/// Adds `wasi:keyvalue/{store,atomics,batch}` to a linker.
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    view: fn(&mut T) -> KvView<'_>,
+) -> anyhow::Result<()> {
+    store::add_to_linker::<T, HasKv>(linker, view)?;
+    atomics::add_to_linker::<T, HasKv>(linker, view)?;
+    batch::add_to_linker::<T, HasKv>(linker, view)?;
+    Ok(())
+}
+
+impl store::Host for KvView<'_> {
+    fn open(&mut self, identifier: String) -> Result<Resource<Bucket>, KvError> {
+        if identifier.len() > MAX_BUCKET_LEN {
+            return Err(KvError::Other(format!(
+                "bucket name is {} bytes; the limit is {MAX_BUCKET_LEN}",
+                identifier.len()
+            )));
+        }
+        self.table
+            .push(Bucket {
+                prefix: bucket_prefix(&identifier),
+            })
+            .map_err(|e| KvError::Other(e.to_string()))
+    }
+
+    fn convert_error(&mut self, err: KvError) -> wasmtime::Result<store::Error> {
+        Ok(match err {
+            KvError::AccessDenied => store::Error::AccessDenied,
+            KvError::Other(m) => store::Error::Other(m),
+        })
+    }
+}
+
+impl store::HostBucket for KvView<'_> {
+    fn get(&mut self, bucket: Resource<Bucket>, key: String) -> Result<Option<Vec<u8>>, KvError> {
+        let _s = self.span("get");
+        let key = self.key(&bucket, &key)?;
+        self.state.namespace.get(&key)
+    }
+
+    fn set(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key: String,
+        value: Vec<u8>,
+    ) -> Result<(), KvError> {
+        let _s = self.span("set");
+        self.check_value(&value)?;
+        let key = self.key(&bucket, &key)?;
+        self.state.dirty = true;
+        self.state.namespace.set(&key, &value)
+    }
+
+    fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> Result<(), KvError> {
+        let _s = self.span("delete");
+        let key = self.key(&bucket, &key)?;
+        self.state.dirty = true;
+        self.state.namespace.delete(&key)
+    }
+
+    fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> Result<bool, KvError> {
+        let _s = self.span("exists");
+        let key = self.key(&bucket, &key)?;
+        Ok(self.state.namespace.get(&key)?.is_some())
+    }
+
+    fn list_keys(
+        &mut self,
+        bucket: Resource<Bucket>,
+        cursor: Option<u64>,
+    ) -> Result<store::KeyResponse, KvError> {
+        let _s = self.span("list_keys");
+        let prefix = self.prefix(&bucket)?;
+        // The cursor is the number of keys already returned.
+        let skip = usize::try_from(cursor.unwrap_or(0)).unwrap_or(usize::MAX);
+        let raw = self.state.namespace.scan_keys(&prefix, skip, LIST_PAGE)?;
+        let full = raw.len() == LIST_PAGE;
+        let keys = raw
+            .into_iter()
+            .map(|k| String::from_utf8_lossy(&k[prefix.len()..]).into_owned())
+            .collect();
+        Ok(store::KeyResponse {
+            keys,
+            cursor: full.then(|| (skip + LIST_PAGE) as u64),
+        })
+    }
+
+    fn drop(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
+        self.table.delete(bucket)?;
+        Ok(())
+    }
+}
+
+impl atomics::Host for KvView<'_> {
+    fn increment(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key: String,
+        delta: u64,
+    ) -> Result<u64, KvError> {
+        let _s = self.span("increment");
+        let encoded = self.key(&bucket, &key)?;
+        self.state.dirty = true;
+        let mut result = 0;
+        self.state.namespace.update(&encoded, &mut |current| {
+            let now = match current {
+                None => 0,
+                Some(bytes) => std::str::from_utf8(bytes)
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .ok_or_else(|| {
+                        KvError::Other(format!("value of `{key}` is not a decimal counter"))
+                    })?,
+            };
+            result = now
+                .checked_add(delta)
+                .ok_or_else(|| KvError::Other(format!("incrementing `{key}` overflows u64")))?;
+            Ok(result.to_string().into_bytes())
+        })?;
+        Ok(result)
+    }
+}
+
+impl batch::Host for KvView<'_> {
+    fn get_many(
+        &mut self,
+        bucket: Resource<Bucket>,
+        keys: Vec<String>,
+    ) -> Result<Vec<Option<(String, Vec<u8>)>>, KvError> {
+        let _s = self.span("get_many");
+        let prefix = self.prefix(&bucket)?;
+        keys.into_iter()
+            .map(|k| {
+                let v = self.state.namespace.get(&encode_key(&prefix, &k)?)?;
+                Ok(v.map(|v| (k, v)))
+            })
+            .collect()
+    }
+
+    fn set_many(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key_values: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), KvError> {
+        let _s = self.span("set_many");
+        let prefix = self.prefix(&bucket)?;
+        let mut sets = Vec::with_capacity(key_values.len());
+        for (k, v) in key_values {
+            self.check_value(&v)?;
+            sets.push((encode_key(&prefix, &k)?, v));
+        }
+        self.state.dirty = true;
+        self.state.namespace.apply_batch(&sets, &[])
+    }
+
+    fn delete_many(&mut self, bucket: Resource<Bucket>, keys: Vec<String>) -> Result<(), KvError> {
+        let _s = self.span("delete_many");
+        let prefix = self.prefix(&bucket)?;
+        let deletes = keys
+            .iter()
+            .map(|k| encode_key(&prefix, k))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.state.dirty = true;
+        self.state.namespace.apply_batch(&[], &deletes)
+    }
+}

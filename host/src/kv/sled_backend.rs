@@ -1,0 +1,131 @@
+//! The default backend: one sled database per host, one tree per component.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use super::{GroupCommit, KvBackend, KvError, Namespace};
+
+/// sled-backed stores with group-commit durability.
+pub struct SledBackend {
+    db: sled::Db,
+    commit: GroupCommit,
+}
+
+impl SledBackend {
+    /// Opens (or creates) the database at `dir`.
+    pub fn open(dir: &Path) -> anyhow::Result<SledBackend> {
+        let db = sled::Config::new()
+            .path(dir)
+            // Durability comes from our group commit; sled's own timer flush
+            // stays on as a backstop for writes nobody waited for.
+            .flush_every_ms(Some(500))
+            .open()
+            .with_context(|| {
+                format!(
+                    "opening key-value store at {} (is another atoll using this data_dir?)",
+                    dir.display()
+                )
+            })?;
+        let flush_db = db.clone();
+        let commit = GroupCommit::start(
+            "kv",
+            Box::new(move || {
+                flush_db.flush().context("flushing sled")?;
+                Ok(())
+            }),
+        )?;
+        Ok(SledBackend { db, commit })
+    }
+
+    /// The underlying database, for the bus and benchmarks.
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+}
+
+#[async_trait::async_trait]
+impl KvBackend for SledBackend {
+    fn namespace(&self, component: &str) -> anyhow::Result<Arc<dyn Namespace>> {
+        let tree = self
+            .db
+            .open_tree(format!("kv/{component}"))
+            .with_context(|| format!("opening the key-value tree of `{component}`"))?;
+        Ok(Arc::new(SledNamespace { tree }))
+    }
+
+    async fn sync(&self) -> anyhow::Result<()> {
+        self.commit.sync().await
+    }
+
+    fn flush_blocking(&self) -> anyhow::Result<()> {
+        self.db.flush().context("flushing key-value store")?;
+        Ok(())
+    }
+}
+
+struct SledNamespace {
+    tree: sled::Tree,
+}
+
+impl Namespace for SledNamespace {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        Ok(self
+            .tree
+            .get(key)
+            .map_err(KvError::backend)?
+            .map(|v| v.to_vec()))
+    }
+
+    fn set(&self, key: &[u8], value: &[u8]) -> Result<(), KvError> {
+        self.tree.insert(key, value).map_err(KvError::backend)?;
+        Ok(())
+    }
+
+    fn delete(&self, key: &[u8]) -> Result<(), KvError> {
+        self.tree.remove(key).map_err(KvError::backend)?;
+        Ok(())
+    }
+
+    fn scan_keys(&self, prefix: &[u8], skip: usize, limit: usize) -> Result<Vec<Vec<u8>>, KvError> {
+        self.tree
+            .scan_prefix(prefix)
+            .keys()
+            .skip(skip)
+            .take(limit)
+            .map(|k| k.map(|k| k.to_vec()).map_err(KvError::backend))
+            .collect()
+    }
+
+    fn update(
+        &self,
+        key: &[u8],
+        f: &mut dyn FnMut(Option<&[u8]>) -> Result<Vec<u8>, KvError>,
+    ) -> Result<Vec<u8>, KvError> {
+        // compare-and-swap loop: sled's update_and_fetch cannot carry an error out.
+        let mut current = self.tree.get(key).map_err(KvError::backend)?;
+        loop {
+            let new = f(current.as_deref())?;
+            match self
+                .tree
+                .compare_and_swap(key, current.as_ref(), Some(new.as_slice()))
+                .map_err(KvError::backend)?
+            {
+                Ok(()) => return Ok(new),
+                Err(conflict) => current = conflict.current,
+            }
+        }
+    }
+
+    fn apply_batch(&self, sets: &[(Vec<u8>, Vec<u8>)], deletes: &[Vec<u8>]) -> Result<(), KvError> {
+        let mut batch = sled::Batch::default();
+        for (k, v) in sets {
+            batch.insert(k.as_slice(), v.as_slice());
+        }
+        for k in deletes {
+            batch.remove(k.as_slice());
+        }
+        self.tree.apply_batch(batch).map_err(KvError::backend)
+    }
+}

@@ -1,0 +1,194 @@
+//! What one invocation of a component may touch, and nothing more.
+//!
+//! Every invocation gets a fresh [`InstanceState`]: a WASI context with no
+//! preopened directories, no environment, no arguments, no sockets and no
+//! name lookups; stdout/stderr captured into the host's log; outbound HTTP only
+//! to the component's `allowed_outbound_hosts`; its own key-value namespace and
+//! config values; and store limits (memory, instances, tables).
+
+mod logging;
+mod output;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+use crate::kv::{KvState, KvView, Namespace};
+use crate::policy::OutboundPolicy;
+
+pub use output::GuestOutput;
+
+/// The `T` of every `Store<T>`: one invocation's world.
+pub struct InstanceState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    hooks: Hooks,
+    table: ResourceTable,
+    limits: StoreLimits,
+    kv: KvState,
+    config: Arc<WasiConfigVariables>,
+    component: Arc<str>,
+}
+
+/// What does not change between invocations of one component version.
+pub struct Grants {
+    /// Component name (for logs and kv errors).
+    pub component: Arc<str>,
+    /// Its key-value namespace.
+    pub namespace: Arc<dyn Namespace>,
+    /// Its config values and secrets.
+    pub config: Arc<WasiConfigVariables>,
+    /// Where it may send HTTP requests.
+    pub outbound: Arc<OutboundPolicy>,
+    /// Linear memory limit in bytes.
+    pub memory: usize,
+    /// Largest kv value in bytes.
+    pub kv_value_size: usize,
+}
+
+/// Raised by the epoch callback when an invocation runs past its deadline.
+#[derive(Debug, thiserror::Error)]
+#[error("deadline exceeded")]
+pub struct DeadlineExceeded;
+
+impl InstanceState {
+    /// Whether this invocation wrote to its key-value store.
+    pub fn kv_dirty(&self) -> bool {
+        self.kv.dirty()
+    }
+}
+
+/// A fresh store for one invocation, interrupted once `deadline` passes.
+pub fn new_store(engine: &Engine, grants: &Grants, deadline: Instant) -> Store<InstanceState> {
+    let mut wasi = WasiCtxBuilder::new();
+    // Nothing is granted: the builder's defaults are no env, no args, no
+    // preopens, closed stdin, and a socket check that denies every address.
+    wasi.stdout(GuestOutput::stdout(grants.component.clone()))
+        .stderr(GuestOutput::stderr(grants.component.clone()))
+        .allow_ip_name_lookup(false)
+        .allow_tcp(false)
+        .allow_udp(false);
+    let state = InstanceState {
+        wasi: wasi.build(),
+        http: WasiHttpCtx::new(),
+        hooks: Hooks {
+            component: grants.component.clone(),
+            outbound: grants.outbound.clone(),
+        },
+        table: ResourceTable::new(),
+        limits: StoreLimitsBuilder::new()
+            .memory_size(grants.memory)
+            .instances(64)
+            .tables(64)
+            .memories(16)
+            .trap_on_grow_failure(false)
+            .build(),
+        kv: KvState::new(
+            grants.namespace.clone(),
+            grants.component.clone(),
+            grants.kv_value_size,
+        ),
+        config: grants.config.clone(),
+        component: grants.component.clone(),
+    };
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.limits);
+    // Check the deadline on every epoch tick; in between, yield to the async
+    // runtime so a guest that never calls the host cannot hold a worker.
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if Instant::now() >= deadline {
+            Err(DeadlineExceeded.into())
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+    store
+}
+
+/// A linker with every capability Atoll provides (granting happens per store).
+pub fn linker(engine: &Engine) -> anyhow::Result<Linker<InstanceState>> {
+    let mut linker = Linker::new(engine);
+    // All of WASI p2 (cli, io, clocks, random, filesystem, sockets): Rust std
+    // guests import filesystem and environment even when unused. The context
+    // above grants none of it.
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    wasmtime_wasi_config::add_to_linker(&mut linker, |s: &mut InstanceState| {
+        WasiConfig::from(&*s.config)
+    })?;
+    crate::kv::add_to_linker(&mut linker, |s: &mut InstanceState| {
+        KvView::new(&mut s.kv, &mut s.table)
+    })?;
+    logging::add_to_linker(&mut linker)?;
+    Ok(linker)
+}
+
+impl WasiView for InstanceState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for InstanceState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// wasi-http hooks: the outbound policy.
+struct Hooks {
+    component: Arc<str>,
+    outbound: Arc<OutboundPolicy>,
+}
+
+type BoxedSend = Box<
+    dyn Future<
+            Output = wasmtime_wasi_http::Result<(
+                http::Response<wasmtime_wasi_http::WasiBody>,
+                Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+            )>,
+        > + Send,
+>;
+
+impl WasiHttpHooks for Hooks {
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+    ) -> BoxedSend {
+        if let Err(denied) = self.outbound.check(request.uri()) {
+            tracing::warn!(component = %self.component, "{denied}");
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        tracing::debug!(component = %self.component, uri = %request.uri(), "outbound request");
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                res.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+            ))
+        })
+    }
+}
+
+impl InstanceState {
+    /// The component this state belongs to.
+    pub fn component(&self) -> &Arc<str> {
+        &self.component
+    }
+}

@@ -76,10 +76,8 @@ pub fn load_component_bytes(
                 .precompile_component(bytes)
                 .map_err(anyhow::Error::from)
                 .context("compiling the component")?;
-            if let Some(cache) = cache {
-                if let Err(e) = cache.store(engine, &digest, &artifact) {
-                    tracing::warn!(error = %format!("{e:#}"), "could not cache compiled component");
-                }
+            if let Some(Err(e)) = cache.map(|c| c.store(engine, &digest, &artifact)) {
+                tracing::warn!(error = %format!("{e:#}"), "could not cache compiled component");
             }
             // SAFETY: `artifact` was produced just above by this engine.
             let c = unsafe { Component::deserialize(engine, &artifact) }

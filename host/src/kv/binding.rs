@@ -71,10 +71,6 @@ impl<'a> KvView<'a> {
         }
         Ok(())
     }
-
-    fn span(&self, op: &'static str) -> tracing::span::EnteredSpan {
-        tracing::debug_span!("kv", op, component = %self.state.component).entered()
-    }
 }
 
 struct HasKv;
@@ -119,7 +115,7 @@ impl store::Host for KvView<'_> {
 
 impl store::HostBucket for KvView<'_> {
     fn get(&mut self, bucket: Resource<Bucket>, key: String) -> Result<Option<Vec<u8>>, KvError> {
-        let _s = self.span("get");
+        let _s = tracing::debug_span!("kv.get", component = %self.state.component).entered();
         let key = self.key(&bucket, &key)?;
         self.state.namespace.get(&key)
     }
@@ -130,7 +126,7 @@ impl store::HostBucket for KvView<'_> {
         key: String,
         value: Vec<u8>,
     ) -> Result<(), KvError> {
-        let _s = self.span("set");
+        let _s = tracing::debug_span!("kv.set", component = %self.state.component).entered();
         self.check_value(&value)?;
         let key = self.key(&bucket, &key)?;
         self.state.dirty = true;
@@ -138,14 +134,14 @@ impl store::HostBucket for KvView<'_> {
     }
 
     fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> Result<(), KvError> {
-        let _s = self.span("delete");
+        let _s = tracing::debug_span!("kv.delete", component = %self.state.component).entered();
         let key = self.key(&bucket, &key)?;
         self.state.dirty = true;
         self.state.namespace.delete(&key)
     }
 
     fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> Result<bool, KvError> {
-        let _s = self.span("exists");
+        let _s = tracing::debug_span!("kv.exists", component = %self.state.component).entered();
         let key = self.key(&bucket, &key)?;
         Ok(self.state.namespace.get(&key)?.is_some())
     }
@@ -155,7 +151,7 @@ impl store::HostBucket for KvView<'_> {
         bucket: Resource<Bucket>,
         cursor: Option<u64>,
     ) -> Result<store::KeyResponse, KvError> {
-        let _s = self.span("list_keys");
+        let _s = tracing::debug_span!("kv.list_keys", component = %self.state.component).entered();
         let prefix = self.prefix(&bucket)?;
         // The cursor is the number of keys already returned.
         let skip = usize::try_from(cursor.unwrap_or(0)).unwrap_or(usize::MAX);
@@ -184,7 +180,7 @@ impl atomics::Host for KvView<'_> {
         key: String,
         delta: u64,
     ) -> Result<u64, KvError> {
-        let _s = self.span("increment");
+        let _s = tracing::debug_span!("kv.increment", component = %self.state.component).entered();
         let encoded = self.key(&bucket, &key)?;
         self.state.dirty = true;
         let mut result = 0;
@@ -213,7 +209,7 @@ impl batch::Host for KvView<'_> {
         bucket: Resource<Bucket>,
         keys: Vec<String>,
     ) -> Result<Vec<Option<(String, Vec<u8>)>>, KvError> {
-        let _s = self.span("get_many");
+        let _s = tracing::debug_span!("kv.get_many", component = %self.state.component).entered();
         let prefix = self.prefix(&bucket)?;
         keys.into_iter()
             .map(|k| {
@@ -228,7 +224,7 @@ impl batch::Host for KvView<'_> {
         bucket: Resource<Bucket>,
         key_values: Vec<(String, Vec<u8>)>,
     ) -> Result<(), KvError> {
-        let _s = self.span("set_many");
+        let _s = tracing::debug_span!("kv.set_many", component = %self.state.component).entered();
         let prefix = self.prefix(&bucket)?;
         let mut sets = Vec::with_capacity(key_values.len());
         for (k, v) in key_values {
@@ -240,7 +236,8 @@ impl batch::Host for KvView<'_> {
     }
 
     fn delete_many(&mut self, bucket: Resource<Bucket>, keys: Vec<String>) -> Result<(), KvError> {
-        let _s = self.span("delete_many");
+        let _s =
+            tracing::debug_span!("kv.delete_many", component = %self.state.component).entered();
         let prefix = self.prefix(&bucket)?;
         let deletes = keys
             .iter()

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use super::{KvBackend, KvError, Namespace};
+use super::{KvBackend, KvError, Namespace, UpdateFn};
 
 /// Stores that live as long as the process.
 #[derive(Default)]
@@ -64,11 +64,7 @@ impl Namespace for MemoryNamespace {
             .collect())
     }
 
-    fn update(
-        &self,
-        key: &[u8],
-        f: &mut dyn FnMut(Option<&[u8]>) -> Result<Vec<u8>, KvError>,
-    ) -> Result<Vec<u8>, KvError> {
+    fn update(&self, key: &[u8], f: &mut UpdateFn<'_>) -> Result<Vec<u8>, KvError> {
         let mut map = self.map();
         let new = f(map.get(key).map(Vec::as_slice))?;
         map.insert(key.to_vec(), new.clone());

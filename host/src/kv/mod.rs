@@ -59,6 +59,9 @@ pub trait KvBackend: Send + Sync + 'static {
     fn flush_blocking(&self) -> anyhow::Result<()>;
 }
 
+/// A read-modify-write step: the current value (if any) to the new one.
+pub type UpdateFn<'a> = dyn FnMut(Option<&[u8]>) -> Result<Vec<u8>, KvError> + 'a;
+
 /// One component's keys. Keys are already encoded with [`encode_key`].
 pub trait Namespace: Send + Sync + 'static {
     /// Reads one key.
@@ -70,11 +73,7 @@ pub trait Namespace: Send + Sync + 'static {
     /// Keys starting with `prefix`, in order, skipping the first `skip`, at most `limit`.
     fn scan_keys(&self, prefix: &[u8], skip: usize, limit: usize) -> Result<Vec<Vec<u8>>, KvError>;
     /// Atomically applies `f` to the current value and stores its result.
-    fn update(
-        &self,
-        key: &[u8],
-        f: &mut dyn FnMut(Option<&[u8]>) -> Result<Vec<u8>, KvError>,
-    ) -> Result<Vec<u8>, KvError>;
+    fn update(&self, key: &[u8], f: &mut UpdateFn<'_>) -> Result<Vec<u8>, KvError>;
     /// Applies many sets and deletes atomically.
     fn apply_batch(&self, sets: &[(Vec<u8>, Vec<u8>)], deletes: &[Vec<u8>]) -> Result<(), KvError>;
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use super::{GroupCommit, KvBackend, KvError, Namespace};
+use super::{GroupCommit, KvBackend, KvError, Namespace, UpdateFn};
 
 /// sled-backed stores with group-commit durability.
 pub struct SledBackend {
@@ -98,11 +98,7 @@ impl Namespace for SledNamespace {
             .collect()
     }
 
-    fn update(
-        &self,
-        key: &[u8],
-        f: &mut dyn FnMut(Option<&[u8]>) -> Result<Vec<u8>, KvError>,
-    ) -> Result<Vec<u8>, KvError> {
+    fn update(&self, key: &[u8], f: &mut UpdateFn<'_>) -> Result<Vec<u8>, KvError> {
         // compare-and-swap loop: sled's update_and_fetch cannot carry an error out.
         let mut current = self.tree.get(key).map_err(KvError::backend)?;
         loop {

@@ -53,7 +53,9 @@ impl RouteTable {
                 Route::Prefix(p) => table.prefixes.push((p, rt)),
             }
         }
-        table.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        table
+            .prefixes
+            .sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         table
     }
 

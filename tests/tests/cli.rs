@@ -14,14 +14,17 @@ fn bin() -> &'static Path {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hello_example_builds_and_serves() {
     let data = tempfile::tempdir().unwrap();
-    let manifest = repo_root().join("examples/hello/atoll.toml");
+    // Exactly as the README runs it: a relative path from the repository root.
+    let root = repo_root();
+    let manifest = Path::new("examples/hello/atoll.toml");
     // The example names crate directories; share the guests' target dir so std
     // is built once per test run.
     // SAFETY: only this test's child processes read it.
     unsafe { std::env::set_var("CARGO_TARGET_DIR", guest_target_dir()) };
-    let host = ChildHost::spawn(
+    let host = ChildHost::spawn_in(
         bin(),
-        &manifest,
+        &root,
+        manifest,
         &["--data-dir", data.path().to_str().unwrap()],
     )
     .unwrap();
@@ -32,9 +35,10 @@ async fn hello_example_builds_and_serves() {
     drop(host);
 
     // The second start takes compiled artifacts from the cache.
-    let host = ChildHost::spawn(
+    let host = ChildHost::spawn_in(
         bin(),
-        &manifest,
+        &root,
+        manifest,
         &["--data-dir", data.path().to_str().unwrap()],
     )
     .unwrap();

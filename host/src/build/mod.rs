@@ -148,6 +148,11 @@ pub fn build(dir: &Path, opts: &BuildOptions) -> anyhow::Result<Vec<PathBuf>> {
             dir.display()
         );
     }
+    // cargo runs in `dir`: no path handed to it may depend on our own cwd.
+    let dir = &dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", dir.display()))?;
+    let manifest = dir.join("Cargo.toml");
     let toolchain = detect()?;
     let mut cmd = match &toolchain {
         Toolchain::Rustup => Command::new(find_in_path("cargo").unwrap_or_else(|| "cargo".into())),

@@ -46,7 +46,10 @@ impl LoadedApp {
         let kv: Arc<dyn KvBackend> = Arc::new(SledBackend::open(&data_dir.join("kv"))?);
         let specs: Vec<&ComponentSpec> = manifest.components.values().collect();
         let pool = PoolSize {
-            instances: specs.iter().map(|c| c.limits.max_concurrency).sum::<u32>() + 16,
+            // Each slot reserves virtual address space (4 GiB + guard per
+            // memory), so the pool is capped; past it, requests get 503.
+            instances: (specs.iter().map(|c| c.limits.max_concurrency).sum::<u32>() + 16)
+                .min(crate::engine::MAX_POOL_INSTANCES),
             max_memory: specs
                 .iter()
                 .map(|c| c.limits.memory)

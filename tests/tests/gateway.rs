@@ -210,3 +210,38 @@ deadline = "1500ms"
     assert_eq!(get(&h.url("/spin")).await.status, 200);
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stack_limit_is_per_component() {
+    // Same component twice, with different wasm stack limits (so two engines).
+    let h = TestHost::start(
+        r#"
+[components.small]
+source = "{trap}"
+routes = ["/small"]
+[components.small.limits]
+stack = "64KiB"
+
+[components.big]
+source = "{trap}"
+routes = ["/big"]
+[components.big.limits]
+stack = "4MiB"
+"#,
+    )
+    .await;
+    // 50k frames need well over 64 KiB of wasm stack and well under 4 MiB.
+    let r = get(&h.url("/big?recurse=50000")).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "depth 50000"));
+    let r = get(&h.url("/small?recurse=50000")).await;
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert!(
+        r.body
+            .contains("component `small` failed: wasm trap: call stack exhausted"),
+        "{}",
+        r.body
+    );
+    let r = get(&h.url("/small?recurse=10")).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "depth 10"));
+    h.stop().await;
+}

@@ -26,6 +26,9 @@ pub use component::{LoadedComponent, check_component_bytes, load_component};
 /// its deadline.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// Most component instances one engine's pool holds.
+pub const MAX_POOL_INSTANCES: u32 = 1000;
+
 /// How big each engine's instance pool is.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolSize {

@@ -239,9 +239,22 @@ fn failure_response(rt: &ComponentRuntime, outcome: Outcome) -> Response<Gateway
                 ),
             )
         }
+        Err(e)
+            if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                .is_some() =>
+        {
+            tracing::warn!(component = %rt.name, "instance pool exhausted");
+            let mut res = text_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "atoll: the host is at its instance limit; retry shortly",
+            );
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            res
+        }
         Err(e) => {
             let what = match e.downcast_ref::<wasmtime::Trap>() {
-                Some(trap) => format!("wasm trap: {trap}"),
+                Some(trap) => trap.to_string(),
                 None => e.root_cause().to_string(),
             };
             tracing::warn!(component = %rt.name, error = ?e, "invocation failed");

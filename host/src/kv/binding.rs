@@ -247,3 +247,167 @@ impl batch::Host for KvView<'_> {
         self.state.namespace.apply_batch(&[], &deletes)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::{KvBackend, MAX_KEY_LEN, MemoryBackend};
+    use store::{Host as _, HostBucket as _};
+
+    struct Fixture {
+        state: KvState,
+        table: ResourceTable,
+    }
+
+    impl Fixture {
+        fn new(backend: &MemoryBackend, component: &str) -> Fixture {
+            Fixture {
+                state: KvState::new(backend.namespace(component).unwrap(), component.into(), 16),
+                table: ResourceTable::new(),
+            }
+        }
+        fn view(&mut self) -> KvView<'_> {
+            KvView::new(&mut self.state, &mut self.table)
+        }
+        fn open(&mut self, name: &str) -> u32 {
+            self.view().open(name.to_string()).unwrap().rep()
+        }
+    }
+
+    fn b(rep: u32) -> Resource<Bucket> {
+        Resource::new_borrow(rep)
+    }
+
+    #[test]
+    fn set_get_delete_exists_and_dirty() {
+        let backend = MemoryBackend::default();
+        let mut f = Fixture::new(&backend, "a");
+        let bucket = f.open("default");
+        assert!(!f.state.dirty());
+        assert_eq!(f.view().get(b(bucket), "k".into()).unwrap(), None);
+        assert!(!f.state.dirty(), "reads do not make an invocation dirty");
+        f.view().set(b(bucket), "k".into(), b"v".to_vec()).unwrap();
+        assert!(f.state.dirty());
+        assert_eq!(
+            f.view().get(b(bucket), "k".into()).unwrap(),
+            Some(b"v".to_vec())
+        );
+        assert!(f.view().exists(b(bucket), "k".into()).unwrap());
+        f.view().delete(b(bucket), "k".into()).unwrap();
+        assert!(!f.view().exists(b(bucket), "k".into()).unwrap());
+    }
+
+    #[test]
+    fn buckets_and_components_are_separate() {
+        let backend = MemoryBackend::default();
+        let mut a = Fixture::new(&backend, "a");
+        let mut other = Fixture::new(&backend, "b");
+        let x = a.open("x");
+        let y = a.open("y");
+        a.view().set(b(x), "k".into(), b"in-x".to_vec()).unwrap();
+        assert_eq!(a.view().get(b(y), "k".into()).unwrap(), None);
+        for name in ["x", "a", "../a", "", "kv/a"] {
+            let bucket = other.open(name);
+            assert_eq!(
+                other.view().get(b(bucket), "k".into()).unwrap(),
+                None,
+                "{name}"
+            );
+            let keys = other.view().list_keys(b(bucket), None).unwrap();
+            assert!(keys.keys.is_empty(), "{name}");
+        }
+    }
+
+    #[test]
+    fn limits_are_guest_errors() {
+        let backend = MemoryBackend::default();
+        let mut f = Fixture::new(&backend, "a");
+        let bucket = f.open("default");
+        let e = f
+            .view()
+            .set(b(bucket), "k".into(), vec![0; 17])
+            .unwrap_err();
+        assert_eq!(
+            e,
+            KvError::Other("value is 17 bytes; this component's kv_value_size limit is 16".into())
+        );
+        let e = f
+            .view()
+            .get(b(bucket), "k".repeat(MAX_KEY_LEN + 1))
+            .unwrap_err();
+        assert!(matches!(e, KvError::Other(m) if m.contains("the limit is 8192")));
+        assert!(f.view().open("b".repeat(256)).is_err());
+    }
+
+    #[test]
+    fn increment_counts_and_rejects_non_numbers() {
+        use atomics::Host as _;
+        let backend = MemoryBackend::default();
+        let mut f = Fixture::new(&backend, "a");
+        f.state.max_value = 64;
+        let bucket = f.open("default");
+        assert_eq!(f.view().increment(b(bucket), "n".into(), 2).unwrap(), 2);
+        assert_eq!(f.view().increment(b(bucket), "n".into(), 3).unwrap(), 5);
+        assert_eq!(
+            f.view().get(b(bucket), "n".into()).unwrap(),
+            Some(b"5".to_vec())
+        );
+        f.view()
+            .set(b(bucket), "s".into(), b"abc".to_vec())
+            .unwrap();
+        let e = f.view().increment(b(bucket), "s".into(), 1).unwrap_err();
+        assert_eq!(
+            e,
+            KvError::Other("value of `s` is not a decimal counter".into())
+        );
+        f.view()
+            .set(b(bucket), "max".into(), u64::MAX.to_string().into_bytes())
+            .unwrap();
+        assert!(f.view().increment(b(bucket), "max".into(), 1).is_err());
+    }
+
+    #[test]
+    fn batches_and_listing() {
+        use batch::Host as _;
+        let backend = MemoryBackend::default();
+        let mut f = Fixture::new(&backend, "a");
+        let bucket = f.open("default");
+        let pairs: Vec<_> = (0..3).map(|i| (format!("k{i}"), vec![i as u8])).collect();
+        f.view().set_many(b(bucket), pairs).unwrap();
+        let got = f
+            .view()
+            .get_many(b(bucket), vec!["k0".into(), "zz".into(), "k2".into()])
+            .unwrap();
+        assert_eq!(
+            got,
+            vec![
+                Some(("k0".into(), vec![0])),
+                None,
+                Some(("k2".into(), vec![2]))
+            ]
+        );
+        f.view().delete_many(b(bucket), vec!["k1".into()]).unwrap();
+        let keys = f.view().list_keys(b(bucket), None).unwrap();
+        assert_eq!(keys.keys, vec!["k0".to_string(), "k2".to_string()]);
+        assert_eq!(keys.cursor, None);
+    }
+
+    #[test]
+    fn listing_pages_with_a_cursor() {
+        let backend = MemoryBackend::default();
+        let mut f = Fixture::new(&backend, "a");
+        f.state.max_value = 1;
+        let bucket = f.open("default");
+        for i in 0..LIST_PAGE + 5 {
+            f.view()
+                .set(b(bucket), format!("k{i:05}"), vec![1])
+                .unwrap();
+        }
+        let first = f.view().list_keys(b(bucket), None).unwrap();
+        assert_eq!(first.keys.len(), LIST_PAGE);
+        let second = f.view().list_keys(b(bucket), first.cursor).unwrap();
+        assert_eq!(second.keys.len(), 5);
+        assert_eq!(second.cursor, None);
+        assert_eq!(second.keys[4], format!("k{:05}", LIST_PAGE + 4));
+    }
+}

@@ -92,6 +92,15 @@ pub fn manifest_text(toml: &str) -> String {
     out
 }
 
+/// Writes test manifest text (see [`manifest_text`]) to `atoll.toml` in a new
+/// temporary directory; returns the directory (keep it alive) and the file.
+pub fn manifest_file(toml: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("atoll.toml");
+    std::fs::write(&path, manifest_text(toml)).unwrap();
+    (dir, path)
+}
+
 /// A host running in this process, with its own data dir.
 pub struct TestHost {
     /// The running host.

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use atoll_tests::{ChildHost, get, guest_target_dir, manifest_text, repo_root};
+use atoll_tests::{ChildHost, get, guest_target_dir, manifest_file, repo_root};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_atoll-cli"))
@@ -49,13 +49,8 @@ async fn hello_example_builds_and_serves() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signal_lets_in_flight_requests_finish() {
-    let dir = tempfile::tempdir().unwrap();
-    let manifest = dir.path().join("atoll.toml");
-    std::fs::write(
-        &manifest,
-        manifest_text("[components.spin]\nsource = \"{spin}\"\nroutes = [\"/spin\"]\n"),
-    )
-    .unwrap();
+    let (_dir, manifest) =
+        manifest_file("[components.spin]\nsource = \"{spin}\"\nroutes = [\"/spin\"]\n");
     let mut host = ChildHost::spawn(bin(), &manifest, &[]).unwrap();
     let url = host.url("/spin?sleep=1500");
     let started = Instant::now();

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use atoll_tests::{ChildHost, TestHost, get, manifest_text, send};
+use atoll_tests::{ChildHost, TestHost, get, manifest_file, send};
 
 const TWO: &str = r#"
 [components.counter]
@@ -70,21 +70,15 @@ async fn data_survives_restart() {
 /// its 204 before the kill must be readable after a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_sigkill() {
-    let dir = tempfile::tempdir().unwrap();
-    let manifest = dir.path().join("atoll.toml");
-    std::fs::write(
-        &manifest,
-        manifest_text(
-            r#"
+    let (_dir, manifest) = manifest_file(
+        r#"
 [host]
 data_dir = "data"
 [components.counter]
 source = "{kv-counter}"
 routes = ["/kv/..."]
 "#,
-        ),
-    )
-    .unwrap();
+    );
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_atoll-cli"));
     let mut acked: BTreeSet<String> = BTreeSet::new();
     let mut next = 0u32;

@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use atoll_tests::{ChildHost, TestHost, get, manifest_text};
+use atoll_tests::{ChildHost, TestHost, get, manifest_file};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::service::service_fn;
@@ -130,19 +130,13 @@ routes = ["/b/..."]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guest_output_is_captured_with_the_component_name() {
-    let dir = tempfile::tempdir().unwrap();
-    let manifest = dir.path().join("atoll.toml");
-    std::fs::write(
-        &manifest,
-        manifest_text(
-            r#"
+    let (_dir, manifest) = manifest_file(
+        r#"
 [components.logger]
 source = "{logger}"
 routes = ["/log"]
 "#,
-        ),
-    )
-    .unwrap();
+    );
     let host = ChildHost::spawn(
         std::path::Path::new(env!("CARGO_BIN_EXE_atoll-cli")),
         &manifest,

@@ -1,5 +1,6 @@
 //! Starting and stopping a host from a manifest.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -45,18 +46,20 @@ impl LoadedApp {
             .with_context(|| format!("creating data_dir {}", data_dir.display()))?;
         let kv: Arc<dyn KvBackend> = Arc::new(SledBackend::open(&data_dir.join("kv"))?);
         let specs: Vec<&ComponentSpec> = manifest.components.values().collect();
-        let pool = PoolSize {
-            // Each slot reserves virtual address space (4 GiB + guard per
-            // memory), so the pool is capped; past it, requests get 503.
-            instances: (specs.iter().map(|c| c.limits.max_concurrency).sum::<u32>() + 16)
-                .min(crate::engine::MAX_POOL_INSTANCES),
-            max_memory: specs
-                .iter()
-                .map(|c| c.limits.memory)
-                .max()
-                .unwrap_or(64 << 20),
-        };
-        let engines = Engines::new(pool)?;
+        // One pool per engine (per stack size), sized for its own components.
+        let mut stacks: BTreeMap<u64, Vec<(u32, u64)>> = BTreeMap::new();
+        for c in &specs {
+            stacks
+                .entry(c.limits.stack)
+                .or_default()
+                .push((c.limits.max_concurrency, c.limits.memory));
+        }
+        let pools = stacks
+            .into_iter()
+            .map(|(stack, limits)| (stack, PoolSize::for_components(limits)))
+            .collect();
+        let fallback = PoolSize::for_components([(100, 64 << 20)]);
+        let engines = Engines::new(pools, fallback)?;
         let cache = ArtifactCache::new(data_dir.join("cache"));
         let mut runtimes = Vec::new();
         let mut routes = Vec::new();

@@ -197,18 +197,21 @@ pub struct ChildHost {
 impl ChildHost {
     /// Runs `bin up manifest --listen 127.0.0.1:0` and waits for its listening line.
     pub fn spawn(bin: &Path, manifest: &Path, extra: &[&str]) -> anyhow::Result<ChildHost> {
-        Self::spawn_in(bin, Path::new("."), manifest, extra)
+        Self::spawn_in(bin, Path::new("."), manifest, extra, &[])
     }
 
-    /// Like [`ChildHost::spawn`], run from working directory `cwd`.
+    /// Like [`ChildHost::spawn`], run from working directory `cwd` with extra
+    /// environment variables.
     pub fn spawn_in(
         bin: &Path,
         cwd: &Path,
         manifest: &Path,
         extra: &[&str],
+        env: &[(&str, &Path)],
     ) -> anyhow::Result<ChildHost> {
         let mut child = Command::new(bin)
             .current_dir(cwd)
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .arg("up")
             .arg(manifest)
             .args(["--listen", "127.0.0.1:0"])

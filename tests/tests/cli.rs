@@ -19,13 +19,14 @@ async fn hello_example_builds_and_serves() {
     let manifest = Path::new("examples/hello/atoll.toml");
     // The example names crate directories; share the guests' target dir so std
     // is built once per test run.
-    // SAFETY: only this test's child processes read it.
-    unsafe { std::env::set_var("CARGO_TARGET_DIR", guest_target_dir()) };
+    let target = guest_target_dir();
+    let env = [("CARGO_TARGET_DIR", target.as_path())];
     let host = ChildHost::spawn_in(
         bin(),
         &root,
         manifest,
         &["--data-dir", data.path().to_str().unwrap()],
+        &env,
     )
     .unwrap();
     let r = get(&host.url("/hello?name=Ada")).await;
@@ -40,6 +41,7 @@ async fn hello_example_builds_and_serves() {
         &root,
         manifest,
         &["--data-dir", data.path().to_str().unwrap()],
+        &env,
     )
     .unwrap();
     assert_eq!(get(&host.url("/count")).await.body, "visits: 3\n");

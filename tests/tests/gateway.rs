@@ -245,3 +245,38 @@ stack = "4MiB"
     assert_eq!((r.status, r.body.as_str()), (200, "depth 10"));
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_answers_without_the_body_and_without_waiting() {
+    let h = TestHost::start(
+        r#"
+[components.counter]
+source = "{kv-counter}"
+routes = ["/kv/..."]
+[components.counter.limits]
+deadline = "5s"
+"#,
+    )
+    .await;
+    let big = "x".repeat(200_000);
+    assert_eq!(
+        send("PUT", &h.url("/kv/set/big"), big.clone())
+            .await
+            .unwrap()
+            .status,
+        204
+    );
+    // The guest writes its 200 KB body even for HEAD; the gateway must not
+    // wait on a body nobody reads.
+    let started = Instant::now();
+    let r = send("HEAD", &h.url("/kv/get/big"), "").await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers.get("content-length").unwrap(), "200000");
+    assert_eq!(r.body, "");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "HEAD waited for the deadline"
+    );
+    assert_eq!(get(&h.url("/kv/get/big")).await.body.len(), 200_000);
+    h.stop().await;
+}

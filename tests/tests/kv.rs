@@ -67,7 +67,9 @@ async fn data_survives_restart() {
 }
 
 /// Acknowledged writes survive `kill -9` at random moments: every PUT that got
-/// its 204 before the kill must be readable after a restart.
+/// its 204 (a body-less response) and every increment that got its 200 with
+/// the new value (a response whose body is held back until the flush) must be
+/// there after a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_sigkill() {
     let (_dir, manifest) = manifest_file(
@@ -80,34 +82,34 @@ routes = ["/kv/..."]
 "#,
     );
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_atoll-cli"));
+    const WRITERS: u32 = 32;
     let mut acked: BTreeSet<String> = BTreeSet::new();
+    // Highest counter value each writer saw acknowledged.
+    let mut counted = vec![0u64; WRITERS as usize];
     let mut next = 0u32;
     let rounds = 8;
     for round in 0..rounds {
         let host = ChildHost::spawn(bin, &manifest, &[]).unwrap();
-        // Everything acknowledged so far is there.
-        for key in &acked {
-            let r = get(&host.url(&format!("/kv/get/{key}"))).await;
-            assert_eq!(
-                (r.status, r.body.as_str()),
-                (200, key.as_str()),
-                "lost {key} (round {round})"
-            );
-        }
-        // 32 writers; kill at a moment that varies per round while they run.
+        check(&host, &acked, &counted, &format!("round {round}")).await;
+        // Writers alternate a PUT of a unique key and an increment of their
+        // own counter; the kill comes at a moment that varies per round.
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut writers = Vec::new();
-        for _ in 0..32 {
-            let base = host.url("/kv/set/");
+        for w in 0..WRITERS {
+            let base = host.url("/kv/");
             let tx = tx.clone();
             let start = next;
             next += 1000;
             writers.push(tokio::spawn(async move {
                 for i in start..start + 1000 {
                     let key = format!("k{i}");
-                    match send("PUT", &format!("{base}{key}"), key.clone()).await {
-                        Ok(r) if r.status == 204 => {
-                            let _ = tx.send(key);
+                    match send("PUT", &format!("{base}set/{key}"), key.clone()).await {
+                        Ok(r) if r.status == 204 => tx.send(Ok(key)).unwrap(),
+                        _ => break,
+                    }
+                    match send("GET", &format!("{base}incr/c{w}"), "").await {
+                        Ok(r) if r.status == 200 => {
+                            tx.send(Err((w, r.body.parse().unwrap()))).unwrap()
                         }
                         _ => break,
                     }
@@ -122,23 +124,43 @@ routes = ["/kv/..."]
             let _ = w.await;
         }
         let before = acked.len();
-        while let Some(k) = rx.recv().await {
-            acked.insert(k);
+        while let Some(ack) = rx.recv().await {
+            match ack {
+                Ok(key) => {
+                    acked.insert(key);
+                }
+                Err((w, value)) => counted[w as usize] = counted[w as usize].max(value),
+            }
         }
         assert!(acked.len() > before, "round {round} acknowledged no writes");
     }
     let host = ChildHost::spawn(bin, &manifest, &[]).unwrap();
-    let mut missing = Vec::new();
-    for key in &acked {
-        let r = get(&host.url(&format!("/kv/get/{key}"))).await;
-        if r.status != 200 || r.body != *key {
-            missing.push(key.clone());
-        }
-    }
+    check(&host, &acked, &counted, "final").await;
     println!(
-        "{} acknowledged writes over {rounds} kills, {} missing",
+        "{} acknowledged PUTs and {} acknowledged increments over {rounds} kills, none lost",
         acked.len(),
-        missing.len()
+        counted.iter().sum::<u64>()
     );
-    assert!(missing.is_empty(), "lost acknowledged writes: {missing:?}");
+}
+
+async fn check(host: &ChildHost, acked: &BTreeSet<String>, counted: &[u64], when: &str) {
+    for key in acked {
+        let r = get(&host.url(&format!("/kv/get/{key}"))).await;
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (200, key.as_str()),
+            "lost {key} ({when})"
+        );
+    }
+    for (w, &n) in counted.iter().enumerate() {
+        if n == 0 {
+            continue;
+        }
+        let r = get(&host.url(&format!("/kv/get/c{w}"))).await;
+        let value: u64 = r.body.parse().unwrap_or(0);
+        assert!(
+            value >= n,
+            "counter c{w} is {value} but {n} was acknowledged ({when})"
+        );
+    }
 }

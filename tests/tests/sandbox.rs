@@ -96,29 +96,33 @@ routes = ["/sandbox"]
     assert_eq!(v["env"], 0, "{v}");
     assert_eq!(v["read_root"], false, "{v}");
     assert_eq!(v["read_etc"], false, "{v}");
+    // Refused by the sandbox, not by the network: 127.0.0.1:1 would refuse too.
     assert_eq!(v["tcp"], false, "{v}");
+    assert_eq!(v["tcp_error"], "access-denied", "{v}");
     h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_and_secrets_stay_with_their_component() {
-    // SAFETY: set before any host thread reads the environment in this test process.
-    unsafe { std::env::set_var("ATOLL_TEST_API_KEY", "sk-test-123") };
-    let h = TestHost::start(
+    let secrets = tempfile::tempdir().unwrap();
+    let key_file = secrets.path().join("api.key");
+    std::fs::write(&key_file, "sk-test-123\n").unwrap();
+    let h = TestHost::start(&format!(
         r#"
 [components.a]
-source = "{config-probe}"
+source = "{{config-probe}}"
 routes = ["/a/..."]
 [components.a.config]
 greeting = "hej"
 [components.a.secrets]
-api_key = { env = "ATOLL_TEST_API_KEY" }
+api_key = {{ file = "{}" }}
 
 [components.b]
-source = "{config-probe}"
+source = "{{config-probe}}"
 routes = ["/b/..."]
 "#,
-    )
+        key_file.display()
+    ))
     .await;
     assert_eq!(get(&h.url("/a/config/greeting")).await.body, "hej");
     assert_eq!(get(&h.url("/a/config/api_key")).await.body, "sk-test-123");

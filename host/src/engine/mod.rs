@@ -47,22 +47,51 @@ pub struct EngineHandle {
     pub linker: Arc<Linker<InstanceState>>,
 }
 
+impl PoolSize {
+    /// The pool for components with these `(max_concurrency, memory)` limits:
+    /// their concurrency plus slack, capped at [`MAX_POOL_INSTANCES`].
+    pub fn for_components(limits: impl IntoIterator<Item = (u32, u64)>) -> PoolSize {
+        let (mut instances, mut max_memory) = (16u32, 1u64 << 20);
+        for (concurrency, memory) in limits {
+            instances = instances.saturating_add(concurrency);
+            max_memory = max_memory.max(memory);
+        }
+        if instances > MAX_POOL_INSTANCES {
+            tracing::warn!(
+                wanted = instances,
+                cap = MAX_POOL_INSTANCES,
+                "the components' max_concurrency adds up to more instances than one pool holds; past the cap, requests get 503"
+            );
+        }
+        PoolSize {
+            instances: instances.min(MAX_POOL_INSTANCES),
+            max_memory,
+        }
+    }
+}
+
 /// All engines of a host, keyed by wasm stack size.
 pub struct Engines {
     inner: Arc<Mutex<BTreeMap<u64, EngineHandle>>>,
-    pool: PoolSize,
+    pools: BTreeMap<u64, PoolSize>,
+    fallback: PoolSize,
 }
 
 impl Engines {
-    /// Creates the set and starts the epoch ticker, which stops when the set is dropped.
-    pub fn new(pool: PoolSize) -> anyhow::Result<Engines> {
+    /// Creates the set and starts the epoch ticker, which stops when the set
+    /// is dropped. `pools` sizes the engine of each stack size; others get `fallback`.
+    pub fn new(pools: BTreeMap<u64, PoolSize>, fallback: PoolSize) -> anyhow::Result<Engines> {
         let inner: Arc<Mutex<BTreeMap<u64, EngineHandle>>> = Default::default();
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
             .name("atoll-epoch".into())
             .spawn(move || ticker(weak))
             .context("starting the epoch ticker thread")?;
-        Ok(Engines { inner, pool })
+        Ok(Engines {
+            inner,
+            pools,
+            fallback,
+        })
     }
 
     /// The engine for a wasm stack size, created on first use.
@@ -71,7 +100,8 @@ impl Engines {
         if let Some(h) = all.get(&stack) {
             return Ok(h.clone());
         }
-        let engine = Engine::new(&engine_config(self.pool, stack)?)
+        let pool = self.pools.get(&stack).copied().unwrap_or(self.fallback);
+        let engine = Engine::new(&engine_config(pool, stack)?)
             .map_err(anyhow::Error::from)
             .context("creating the wasmtime engine")?;
         let linker = Arc::new(sandbox::linker(&engine)?);

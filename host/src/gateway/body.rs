@@ -2,35 +2,42 @@
 //!
 //! The component may stream its response before its `handle` returns, and its
 //! key-value writes are flushed after it returns. A client must never see a
-//! complete response whose writes could still be lost, so this wrapper holds
-//! back the last frame (and so the end of the message) until the invocation
-//! finished and its group commit, if it wrote anything, completed. Earlier
-//! frames pass straight through: streaming is unaffected.
+//! complete response whose writes could still be lost, or that the guest
+//! failed to finish, so this wrapper holds back only what would *complete*
+//! the message until the invocation has ended well:
+//! - with a `Content-Length`, the data frame that reaches that length;
+//! - otherwise (chunked HTTP/1.1, HTTP/2), the end of the stream and trailers.
+//!
+//! Everything else passes straight through, so streaming is unaffected.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http_body::{Body, Frame};
-use tokio::sync::oneshot;
 
 use super::BoxError;
 
-/// Sent by the invocation task when it has finished: `Err` if the response
-/// must not be completed (writes not durable, or the guest failed mid-body).
-pub type Finished = Result<(), String>;
+/// Resolves when the invocation has ended: `Err` if the response must not be
+/// completed (the guest failed, or its writes are not durable).
+pub type Finished = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
 pub struct DurableBody<B> {
     inner: B,
+    /// Bytes still to come before the declared Content-Length is reached.
+    remaining: Option<u64>,
+    /// The frame that completes the message, once seen.
     held: Option<Frame<Bytes>>,
     inner_done: bool,
-    finished: Option<oneshot::Receiver<Finished>>,
+    finished: Option<Finished>,
 }
 
 impl<B> DurableBody<B> {
-    pub fn new(inner: B, finished: oneshot::Receiver<Finished>) -> Self {
+    pub fn new(inner: B, content_length: Option<u64>, finished: Finished) -> Self {
         DurableBody {
             inner,
+            remaining: content_length,
             held: None,
             inner_done: false,
             finished: Some(finished),
@@ -52,27 +59,114 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         loop {
-            if this.inner_done {
+            if this.inner_done || this.held.is_some() {
                 if let Some(finished) = &mut this.finished {
-                    let outcome = ready!(Pin::new(finished).poll(cx))
-                        .unwrap_or_else(|_| Err("invocation ended abnormally".into()));
+                    let outcome = ready!(finished.as_mut().poll(cx));
                     this.finished = None;
                     if let Err(why) = outcome {
                         this.held = None;
+                        this.inner_done = true;
                         return Poll::Ready(Some(Err(why.into())));
                     }
                 }
+                // The held frame completes the message: nothing follows it.
+                this.inner_done = true;
                 return Poll::Ready(this.held.take().map(Ok));
             }
             match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
                 Some(Ok(frame)) => {
-                    if let Some(previous) = this.held.replace(frame) {
-                        return Poll::Ready(Some(Ok(previous)));
+                    let completes = match (frame.data_ref(), this.remaining.as_mut()) {
+                        (Some(data), Some(left)) => {
+                            *left = left.saturating_sub(data.len() as u64);
+                            *left == 0
+                        }
+                        // Without a length, only trailers (always last) are held.
+                        (None, _) => true,
+                        (Some(_), None) => false,
+                    };
+                    if completes {
+                        this.held = Some(frame);
+                    } else {
+                        return Poll::Ready(Some(Ok(frame)));
                     }
                 }
                 Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
                 None => this.inner_done = true,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use http_body_util::channel::{Channel, Sender};
+    use tokio::sync::oneshot;
+
+    type Inner = Channel<Bytes>;
+
+    fn body(
+        length: Option<u64>,
+    ) -> (
+        Sender<Bytes>,
+        oneshot::Sender<Result<(), String>>,
+        DurableBody<Inner>,
+    ) {
+        let (tx, inner) = Channel::new(8);
+        let (done_tx, done_rx) = oneshot::channel();
+        let finished: Finished =
+            Box::pin(async move { done_rx.await.unwrap_or(Err("dropped".into())) });
+        (tx, done_tx, DurableBody::new(inner, length, finished))
+    }
+
+    fn data(s: &'static str) -> Frame<Bytes> {
+        Frame::data(Bytes::from_static(s.as_bytes()))
+    }
+
+    async fn next(b: &mut DurableBody<Inner>) -> Option<Bytes> {
+        b.frame()
+            .await
+            .map(|f| f.ok().unwrap().into_data().ok().unwrap())
+    }
+
+    #[tokio::test]
+    async fn chunked_streams_and_holds_only_the_end() {
+        let (mut tx, done, mut b) = body(None);
+        tx.try_send(data("a")).unwrap();
+        assert_eq!(next(&mut b).await.unwrap(), "a", "not held back one frame");
+        tx.try_send(data("b")).unwrap();
+        assert_eq!(next(&mut b).await.unwrap(), "b");
+        drop(tx);
+        let end = tokio::spawn(async move { b.frame().await.is_none() });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!end.is_finished(), "the end waits for the invocation");
+        done.send(Ok(())).unwrap();
+        assert!(end.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn content_length_holds_the_completing_frame() {
+        let (mut tx, done, mut b) = body(Some(2));
+        tx.try_send(data("a")).unwrap();
+        assert_eq!(next(&mut b).await.unwrap(), "a");
+        tx.try_send(data("b")).unwrap();
+        let last = tokio::spawn(async move { (next(&mut b).await, b.frame().await.is_none()) });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!last.is_finished(), "the completing frame waits");
+        done.send(Ok(())).unwrap();
+        assert_eq!(last.await.unwrap(), (Some(Bytes::from("b")), true));
+        drop(tx);
+    }
+
+    #[tokio::test]
+    async fn failure_ends_the_body_with_an_error() {
+        let (mut tx, done, mut b) = body(None);
+        tx.try_send(data("a")).unwrap();
+        assert_eq!(next(&mut b).await.unwrap(), "a");
+        drop(tx);
+        done.send(Err("trapped".into())).unwrap();
+        let e = b.frame().await.unwrap().unwrap_err();
+        assert_eq!(e.to_string(), "trapped");
     }
 }

@@ -6,15 +6,15 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
 use tracing::Instrument;
 use wasmtime_wasi_http::WasiHttpView;
-use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
+use super::GatewayBody;
 use super::body::{DurableBody, Finished};
-use super::{BoxError, GatewayBody};
 use crate::engine::EPOCH_TICK;
 use crate::kv::KvBackend;
 use crate::registry::{ComponentRuntime, Registry};
@@ -33,12 +33,37 @@ struct Outcome {
 }
 
 impl Outcome {
-    fn finished(&self) -> Finished {
+    /// Whether a response already under way may be completed.
+    fn finished(&self) -> Result<(), String> {
+        if let Err(e) = &self.result {
+            return Err(format!(
+                "component failed before finishing its response: {e}"
+            ));
+        }
         match &self.durable {
             Err(e) => Err(format!("writes not durable: {e:#}")),
             Ok(()) => Ok(()),
         }
     }
+}
+
+/// Whether a response carries no body (RFC 9110 §6.4.1: HEAD, 1xx, 204, 304,
+/// or a declared length of zero): its head alone completes it.
+fn is_bodyless(head_only: bool, parts: &http::response::Parts) -> bool {
+    head_only
+        || parts.status.is_informational()
+        || parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED
+        || content_length(&parts.headers) == Some(0)
+}
+
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// A short plain-text response.
@@ -154,7 +179,13 @@ impl Gateway {
                     Ok(r) => r,
                     Err(_) => Err(wasmtime::Error::new(DeadlineExceeded)),
                 };
-                let durable = if store.data().kv_dirty() { kv.sync().await } else { Ok(()) };
+                // Wait for durability if this invocation wrote, or if it read
+                // while someone's writes were not yet durable (it may have
+                // seen them, and must not answer with what could be lost).
+                let state = store.data();
+                let must_sync =
+                    state.kv_dirty() || (state.kv_touched() && kv.has_pending());
+                let durable = if must_sync { kv.sync().await } else { Ok(()) };
                 if let Err(e) = &durable {
                     tracing::error!(component = %name, error = %format!("{e:#}"), "kv writes could not be made durable");
                 }
@@ -167,36 +198,35 @@ impl Gateway {
         match head_rx.await {
             Ok(Ok(res)) => {
                 let (parts, body) = res.into_parts();
-                // A response with no body is complete once its head is out:
-                // wait for the invocation (and its durability) before sending it.
-                let bodyless = head_only
-                    || parts.status == StatusCode::NO_CONTENT
-                    || parts.status == StatusCode::NOT_MODIFIED
-                    || parts
-                        .headers
-                        .get(header::CONTENT_LENGTH)
-                        .is_some_and(|v| v == "0");
-                if bodyless {
+                if is_bodyless(head_only, &parts) {
+                    // The head alone completes this response, so it waits for
+                    // the invocation to end well. Nobody will read the guest's
+                    // body (a guest may write one even for HEAD): drop it, so
+                    // its writes fail fast instead of blocking the guest.
+                    drop(body);
                     return match done_rx.await {
+                        Ok(outcome) if outcome.result.is_err() => failure_response(&rt, outcome),
                         Ok(outcome) => match outcome.finished() {
                             Ok(()) => Response::from_parts(
                                 parts,
-                                body.map_err(BoxError::from).boxed_unsync(),
+                                Empty::new().map_err(|e| match e {}).boxed_unsync(),
                             ),
                             Err(why) => storage_failure(&rt, &why),
                         },
                         Err(_) => internal(&rt),
                     };
                 }
-                let (fin_tx, fin_rx) = oneshot::channel();
-                tokio::spawn(async move {
-                    let finished = match done_rx.await {
+                let length = content_length(&parts.headers);
+                let finished: Finished = Box::pin(async move {
+                    match done_rx.await {
                         Ok(outcome) => outcome.finished(),
                         Err(_) => Err("invocation ended abnormally".into()),
-                    };
-                    let _ = fin_tx.send(finished);
+                    }
                 });
-                Response::from_parts(parts, DurableBody::new(body, fin_rx).boxed_unsync())
+                Response::from_parts(
+                    parts,
+                    DurableBody::new(body, length, finished).boxed_unsync(),
+                )
             }
             Ok(Err(code)) => {
                 // Still wait: writes made before the error must not be lost silently.
@@ -204,11 +234,7 @@ impl Gateway {
                 tracing::warn!(component = %rt.name, error = ?code, "component responded with an error");
                 text_response(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    format!(
-                        "atoll: component `{}` failed: {}",
-                        rt.name,
-                        describe_code(&code)
-                    ),
+                    format!("atoll: component `{}` failed: {code:?}", rt.name),
                 )
             }
             // The outparam was dropped unset: the invocation ended without a response.
@@ -281,8 +307,4 @@ fn internal(rt: &ComponentRuntime) -> Response<GatewayBody> {
             rt.name
         ),
     )
-}
-
-fn describe_code(code: &ErrorCode) -> String {
-    format!("{code:?}")
 }

@@ -13,7 +13,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -23,6 +23,9 @@ use crate::kv::KvBackend;
 use crate::registry::Registry;
 
 pub use dispatch::{Gateway, text_response};
+
+/// How long a client may take to send a request head.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Boxed error of response bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -55,6 +58,17 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let gateway = Arc::new(Gateway::new(registry, kv));
     let graceful = GracefulShutdown::new();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // hyper enforces the header read timeout only with a timer: without one a
+    // client could hold a connection open forever with half a request head.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(20));
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -73,7 +87,6 @@ pub async fn serve(
                     let gateway = gateway.clone();
                     async move { Ok::<_, Infallible>(gateway.handle(req, peer).await) }
                 });
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(

@@ -4,12 +4,18 @@ use std::sync::Arc;
 
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
-use super::{KvError, LIST_PAGE, MAX_BUCKET_LEN, Namespace, bucket_prefix, encode_key};
+use super::{
+    KvError, LIST_PAGE, MAX_BATCH_KEYS, MAX_BUCKET_LEN, Namespace, bucket_prefix, encode_key,
+};
 use crate::bindings::wasi::keyvalue::{atomics, batch, store};
 
 /// The `bucket` resource: an opened bucket of the component's namespace.
 pub struct Bucket {
     prefix: Vec<u8>,
+    /// `list-keys` cursors handed out: cursor `n` resumes after `cursors[n - 1]`.
+    /// Resuming after a key (not at an offset) keeps paging linear and exact
+    /// while other requests write.
+    cursors: Vec<Vec<u8>>,
 }
 
 /// Per-invocation key-value state: the component's namespace and whether this
@@ -18,23 +24,39 @@ pub struct KvState {
     namespace: Arc<dyn Namespace>,
     component: Arc<str>,
     max_value: usize,
+    /// Most bytes one batch read may return (the component's memory limit).
+    max_read: usize,
     dirty: bool,
+    touched: bool,
 }
 
 impl KvState {
     /// State for one invocation of `component`.
-    pub fn new(namespace: Arc<dyn Namespace>, component: Arc<str>, max_value: usize) -> Self {
+    pub fn new(
+        namespace: Arc<dyn Namespace>,
+        component: Arc<str>,
+        max_value: usize,
+        max_read: usize,
+    ) -> Self {
         KvState {
             namespace,
             component,
             max_value,
+            max_read,
             dirty: false,
+            touched: false,
         }
     }
 
     /// Whether this invocation wrote (set, delete, increment, batch).
     pub fn dirty(&self) -> bool {
         self.dirty
+    }
+
+    /// Whether this invocation used its store at all (it may have read a
+    /// write that is not durable yet).
+    pub fn touched(&self) -> bool {
+        self.touched
     }
 }
 
@@ -50,15 +72,28 @@ impl<'a> KvView<'a> {
         KvView { state, table }
     }
 
-    fn prefix(&self, bucket: &Resource<Bucket>) -> Result<Vec<u8>, KvError> {
+    fn bucket(&mut self, bucket: &Resource<Bucket>) -> Result<&mut Bucket, KvError> {
+        self.state.touched = true;
         self.table
-            .get(bucket)
-            .map(|b| b.prefix.clone())
+            .get_mut(bucket)
             .map_err(|e| KvError::Other(e.to_string()))
     }
 
-    fn key(&self, bucket: &Resource<Bucket>, key: &str) -> Result<Vec<u8>, KvError> {
-        encode_key(&self.prefix(bucket)?, key)
+    fn prefix(&mut self, bucket: &Resource<Bucket>) -> Result<Vec<u8>, KvError> {
+        Ok(self.bucket(bucket)?.prefix.clone())
+    }
+
+    fn key(&mut self, bucket: &Resource<Bucket>, key: &str) -> Result<Vec<u8>, KvError> {
+        encode_key(&self.bucket(bucket)?.prefix, key)
+    }
+
+    fn check_batch(n: usize) -> Result<(), KvError> {
+        if n > MAX_BATCH_KEYS {
+            return Err(KvError::Other(format!(
+                "batch names {n} keys; the limit is {MAX_BATCH_KEYS}"
+            )));
+        }
+        Ok(())
     }
 
     fn check_value(&self, value: &[u8]) -> Result<(), KvError> {
@@ -101,6 +136,7 @@ impl store::Host for KvView<'_> {
         self.table
             .push(Bucket {
                 prefix: bucket_prefix(&identifier),
+                cursors: Vec::new(),
             })
             .map_err(|e| KvError::Other(e.to_string()))
     }
@@ -143,7 +179,7 @@ impl store::HostBucket for KvView<'_> {
     fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> Result<bool, KvError> {
         let _s = tracing::debug_span!("kv.exists", component = %self.state.component).entered();
         let key = self.key(&bucket, &key)?;
-        Ok(self.state.namespace.get(&key)?.is_some())
+        self.state.namespace.contains(&key)
     }
 
     fn list_keys(
@@ -152,19 +188,36 @@ impl store::HostBucket for KvView<'_> {
         cursor: Option<u64>,
     ) -> Result<store::KeyResponse, KvError> {
         let _s = tracing::debug_span!("kv.list_keys", component = %self.state.component).entered();
-        let prefix = self.prefix(&bucket)?;
-        // The cursor is the number of keys already returned.
-        let skip = usize::try_from(cursor.unwrap_or(0)).unwrap_or(usize::MAX);
-        let raw = self.state.namespace.scan_keys(&prefix, skip, LIST_PAGE)?;
-        let full = raw.len() == LIST_PAGE;
+        let namespace = self.state.namespace.clone();
+        let b = self.bucket(&bucket)?;
+        let after = match cursor {
+            None => None,
+            Some(c) => Some(
+                usize::try_from(c)
+                    .ok()
+                    .and_then(|c| c.checked_sub(1))
+                    .and_then(|i| b.cursors.get(i))
+                    .ok_or_else(|| {
+                        KvError::Other(format!(
+                            "unknown list-keys cursor {c}; pass a cursor this bucket returned"
+                        ))
+                    })?
+                    .clone(),
+            ),
+        };
+        let raw = namespace.scan_keys(&b.prefix, after.as_deref(), LIST_PAGE)?;
+        let cursor = match raw.last() {
+            Some(last) if raw.len() == LIST_PAGE => {
+                b.cursors.push(last.clone());
+                Some(b.cursors.len() as u64)
+            }
+            _ => None,
+        };
         let keys = raw
             .into_iter()
-            .map(|k| String::from_utf8_lossy(&k[prefix.len()..]).into_owned())
+            .map(|k| String::from_utf8_lossy(&k[b.prefix.len()..]).into_owned())
             .collect();
-        Ok(store::KeyResponse {
-            keys,
-            cursor: full.then(|| (skip + LIST_PAGE) as u64),
-        })
+        Ok(store::KeyResponse { keys, cursor })
     }
 
     fn drop(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
@@ -210,10 +263,21 @@ impl batch::Host for KvView<'_> {
         keys: Vec<String>,
     ) -> Result<Vec<Option<(String, Vec<u8>)>>, KvError> {
         let _s = tracing::debug_span!("kv.get_many", component = %self.state.component).entered();
+        Self::check_batch(keys.len())?;
         let prefix = self.prefix(&bucket)?;
+        // The result is built in host memory before the guest sees it: bound
+        // it by the component's memory limit.
+        let mut total = 0usize;
         keys.into_iter()
             .map(|k| {
                 let v = self.state.namespace.get(&encode_key(&prefix, &k)?)?;
+                total += v.as_ref().map_or(0, Vec::len) + k.len();
+                if total > self.state.max_read {
+                    return Err(KvError::Other(format!(
+                        "get-many would return more than {} bytes (this component's memory limit); ask for fewer keys",
+                        self.state.max_read
+                    )));
+                }
                 Ok(v.map(|v| (k, v)))
             })
             .collect()
@@ -225,6 +289,7 @@ impl batch::Host for KvView<'_> {
         key_values: Vec<(String, Vec<u8>)>,
     ) -> Result<(), KvError> {
         let _s = tracing::debug_span!("kv.set_many", component = %self.state.component).entered();
+        Self::check_batch(key_values.len())?;
         let prefix = self.prefix(&bucket)?;
         let mut sets = Vec::with_capacity(key_values.len());
         for (k, v) in key_values {
@@ -238,6 +303,7 @@ impl batch::Host for KvView<'_> {
     fn delete_many(&mut self, bucket: Resource<Bucket>, keys: Vec<String>) -> Result<(), KvError> {
         let _s =
             tracing::debug_span!("kv.delete_many", component = %self.state.component).entered();
+        Self::check_batch(keys.len())?;
         let prefix = self.prefix(&bucket)?;
         let deletes = keys
             .iter()
@@ -262,7 +328,12 @@ mod tests {
     impl Fixture {
         fn new(backend: &MemoryBackend, component: &str) -> Fixture {
             Fixture {
-                state: KvState::new(backend.namespace(component).unwrap(), component.into(), 16),
+                state: KvState::new(
+                    backend.namespace(component).unwrap(),
+                    component.into(),
+                    16,
+                    1 << 20,
+                ),
                 table: ResourceTable::new(),
             }
         }
@@ -337,6 +408,18 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, KvError::Other(m) if m.contains("the limit is 8192")));
         assert!(f.view().open("b".repeat(256)).is_err());
+        let too_many = vec!["k".to_string(); crate::kv::MAX_BATCH_KEYS + 1];
+        let e = batch::Host::get_many(&mut f.view(), b(bucket), too_many).unwrap_err();
+        assert!(matches!(e, KvError::Other(m) if m.contains("the limit is 10000")));
+        // A read that would return more than the memory limit is refused.
+        f.state.max_value = 1 << 20;
+        f.state.max_read = 1 << 20;
+        f.view()
+            .set(b(bucket), "big".into(), vec![7; 600 << 10])
+            .unwrap();
+        let e = batch::Host::get_many(&mut f.view(), b(bucket), vec!["big".into(), "big".into()])
+            .unwrap_err();
+        assert!(matches!(e, KvError::Other(m) if m.contains("memory limit")));
     }
 
     #[test]
@@ -405,9 +488,14 @@ mod tests {
         }
         let first = f.view().list_keys(b(bucket), None).unwrap();
         assert_eq!(first.keys.len(), LIST_PAGE);
+        // A key written before the cursor's position does not shift the next page.
+        f.view().set(b(bucket), "a-first".into(), vec![1]).unwrap();
         let second = f.view().list_keys(b(bucket), first.cursor).unwrap();
         assert_eq!(second.keys.len(), 5);
         assert_eq!(second.cursor, None);
+        assert_eq!(second.keys[0], format!("k{:05}", LIST_PAGE));
         assert_eq!(second.keys[4], format!("k{:05}", LIST_PAGE + 4));
+        assert!(f.view().list_keys(b(bucket), Some(99)).is_err());
+        assert!(f.view().list_keys(b(bucket), Some(0)).is_err());
     }
 }

@@ -9,6 +9,11 @@
 //! flush s+1 begins after the read, so it covers them. The waiter therefore
 //! waits until `completed >= s + 1`. The flusher thread runs one flush for all
 //! waiters queued while the previous flush ran.
+//!
+//! It also knows whether any write is not yet durable ([`WriteTracker`]):
+//! writers count themselves before writing, and each flush records how many
+//! writes it covers, so a reader can tell whether what it read might still be
+//! lost (and wait for the next flush before answering).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -31,12 +36,18 @@ pub struct GroupCommit {
 struct Completed {
     /// Number of the last finished flush.
     number: u64,
-    /// Its error, if it failed.
+    /// Number of the last flush that succeeded.
+    last_ok: u64,
+    /// The last failure, if the last flush failed.
     error: Option<Arc<str>>,
 }
 
 struct Shared {
     started: AtomicU64,
+    /// Writes begun (counted before the write is applied).
+    issued: AtomicU64,
+    /// Writes covered by the last successful flush.
+    covered: AtomicU64,
     wanted: Mutex<bool>,
     wake: Condvar,
     stop: std::sync::atomic::AtomicBool,
@@ -47,6 +58,8 @@ impl GroupCommit {
     pub fn start(name: &str, flush: FlushFn) -> anyhow::Result<GroupCommit> {
         let shared = Arc::new(Shared {
             started: AtomicU64::new(0),
+            issued: AtomicU64::new(0),
+            covered: AtomicU64::new(0),
             wanted: Mutex::new(false),
             wake: Condvar::new(),
             stop: Default::default(),
@@ -77,10 +90,37 @@ impl GroupCommit {
             .wait_for(|c| c.number >= target)
             .await
             .map_err(|_| anyhow!("flush thread stopped"))?;
-        match &done.error {
-            Some(e) => Err(anyhow!("flush failed: {e}")),
-            None => Ok(()),
+        // A later flush's failure says nothing about ours: look at the last success.
+        if done.last_ok >= target {
+            return Ok(());
         }
+        Err(anyhow!(
+            "flush failed: {}",
+            done.error.as_deref().unwrap_or("unknown error")
+        ))
+    }
+
+    /// A handle writers use to count themselves.
+    pub fn tracker(&self) -> WriteTracker {
+        WriteTracker(self.shared.clone())
+    }
+
+    /// Whether some write is not yet covered by a successful flush.
+    pub fn has_pending(&self) -> bool {
+        self.shared.covered.load(Ordering::SeqCst) < self.shared.issued.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts writes so [`GroupCommit::has_pending`] can tell whether everything
+/// readable is durable. Call [`WriteTracker::note_write`] *before* applying a
+/// write, so anyone who can read it also sees it counted.
+#[derive(Clone)]
+pub struct WriteTracker(Arc<Shared>);
+
+impl WriteTracker {
+    /// Counts one write about to be applied.
+    pub fn note_write(&self) {
+        self.0.issued.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -113,11 +153,21 @@ fn flusher(shared: Arc<Shared>, flush: FlushFn, done: watch::Sender<Completed>) 
             *wanted = false;
         }
         let number = shared.started.fetch_add(1, Ordering::SeqCst) + 1;
+        let covers = shared.issued.load(Ordering::SeqCst);
         let error = flush().err().map(|e| {
             tracing::error!(error = %format!("{e:#}"), "kv flush failed");
             Arc::from(format!("{e:#}"))
         });
-        done.send_replace(Completed { number, error });
+        if error.is_none() {
+            shared.covered.fetch_max(covers, Ordering::SeqCst);
+        }
+        done.send_modify(|c| {
+            c.number = number;
+            if error.is_none() {
+                c.last_ok = number;
+            }
+            c.error = error;
+        });
     }
 }
 
@@ -155,6 +205,16 @@ mod tests {
             (1..64).contains(&flushes),
             "{flushes} flushes for 64 waiters"
         );
+    }
+
+    #[tokio::test]
+    async fn pending_writes_are_known_until_flushed() {
+        let gc = GroupCommit::start("test", Box::new(|| Ok(()))).unwrap();
+        assert!(!gc.has_pending());
+        gc.tracker().note_write();
+        assert!(gc.has_pending());
+        gc.sync().await.unwrap();
+        assert!(!gc.has_pending());
     }
 
     #[tokio::test]

@@ -22,6 +22,10 @@ impl KvBackend for MemoryBackend {
         Ok(())
     }
 
+    fn has_pending(&self) -> bool {
+        false
+    }
+
     fn flush_blocking(&self) -> anyhow::Result<()> {
         Ok(())
     }
@@ -53,12 +57,25 @@ impl Namespace for MemoryNamespace {
         Ok(())
     }
 
-    fn scan_keys(&self, prefix: &[u8], skip: usize, limit: usize) -> Result<Vec<Vec<u8>>, KvError> {
+    fn contains(&self, key: &[u8]) -> Result<bool, KvError> {
+        Ok(self.map().contains_key(key))
+    }
+
+    fn scan_keys(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, KvError> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(k) => Bound::Excluded(k.to_vec()),
+            None => Bound::Included(prefix.to_vec()),
+        };
         Ok(self
             .map()
-            .range(prefix.to_vec()..)
+            .range((start, Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
-            .skip(skip)
             .take(limit)
             .map(|(k, _)| k.clone())
             .collect())

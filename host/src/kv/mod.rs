@@ -30,6 +30,8 @@ pub const MAX_BUCKET_LEN: usize = 255;
 pub const MAX_KEY_LEN: usize = 8 * 1024;
 /// Keys returned by one `list-keys` page.
 pub const LIST_PAGE: usize = 1000;
+/// Most keys one batch call may name.
+pub const MAX_BATCH_KEYS: usize = 10_000;
 
 /// A key-value error as the guest sees it (mapped onto `wasi:keyvalue/store.error`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -55,6 +57,8 @@ pub trait KvBackend: Send + Sync + 'static {
     fn namespace(&self, component: &str) -> anyhow::Result<Arc<dyn Namespace>>;
     /// Resolves once every write made before the call is durable.
     async fn sync(&self) -> anyhow::Result<()>;
+    /// Whether some write (by anyone) is readable but not yet durable.
+    fn has_pending(&self) -> bool;
     /// Flushes everything (shutdown).
     fn flush_blocking(&self) -> anyhow::Result<()>;
 }
@@ -70,8 +74,15 @@ pub trait Namespace: Send + Sync + 'static {
     fn set(&self, key: &[u8], value: &[u8]) -> Result<(), KvError>;
     /// Removes one key (absent is fine).
     fn delete(&self, key: &[u8]) -> Result<(), KvError>;
-    /// Keys starting with `prefix`, in order, skipping the first `skip`, at most `limit`.
-    fn scan_keys(&self, prefix: &[u8], skip: usize, limit: usize) -> Result<Vec<Vec<u8>>, KvError>;
+    /// Whether a key exists (without copying its value).
+    fn contains(&self, key: &[u8]) -> Result<bool, KvError>;
+    /// Keys starting with `prefix` and after `after` (if given), in order, at most `limit`.
+    fn scan_keys(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, KvError>;
     /// Atomically applies `f` to the current value and stores its result.
     fn update(&self, key: &[u8], f: &mut UpdateFn<'_>) -> Result<Vec<u8>, KvError>;
     /// Applies many sets and deletes atomically.

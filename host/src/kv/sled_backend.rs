@@ -1,10 +1,12 @@
 //! The default backend: one sled database per host, one tree per component.
 
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
 
+use super::commit::WriteTracker;
 use super::{GroupCommit, KvBackend, KvError, Namespace, UpdateFn};
 
 /// sled-backed stores with group-commit durability.
@@ -52,11 +54,18 @@ impl KvBackend for SledBackend {
             .db
             .open_tree(format!("kv/{component}"))
             .with_context(|| format!("opening the key-value tree of `{component}`"))?;
-        Ok(Arc::new(SledNamespace { tree }))
+        Ok(Arc::new(SledNamespace {
+            tree,
+            writes: self.commit.tracker(),
+        }))
     }
 
     async fn sync(&self) -> anyhow::Result<()> {
         self.commit.sync().await
+    }
+
+    fn has_pending(&self) -> bool {
+        self.commit.has_pending()
     }
 
     fn flush_blocking(&self) -> anyhow::Result<()> {
@@ -67,6 +76,7 @@ impl KvBackend for SledBackend {
 
 struct SledNamespace {
     tree: sled::Tree,
+    writes: WriteTracker,
 }
 
 impl Namespace for SledNamespace {
@@ -78,21 +88,36 @@ impl Namespace for SledNamespace {
             .map(|v| v.to_vec()))
     }
 
+    fn contains(&self, key: &[u8]) -> Result<bool, KvError> {
+        self.tree.contains_key(key).map_err(KvError::backend)
+    }
+
     fn set(&self, key: &[u8], value: &[u8]) -> Result<(), KvError> {
+        self.writes.note_write();
         self.tree.insert(key, value).map_err(KvError::backend)?;
         Ok(())
     }
 
     fn delete(&self, key: &[u8]) -> Result<(), KvError> {
+        self.writes.note_write();
         self.tree.remove(key).map_err(KvError::backend)?;
         Ok(())
     }
 
-    fn scan_keys(&self, prefix: &[u8], skip: usize, limit: usize) -> Result<Vec<Vec<u8>>, KvError> {
+    fn scan_keys(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, KvError> {
+        let start = match after {
+            Some(k) => Bound::Excluded(k.to_vec()),
+            None => Bound::Included(prefix.to_vec()),
+        };
         self.tree
-            .scan_prefix(prefix)
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
             .keys()
-            .skip(skip)
+            .take_while(|k| k.as_ref().map_or(true, |k| k.starts_with(prefix)))
             .take(limit)
             .map(|k| k.map(|k| k.to_vec()).map_err(KvError::backend))
             .collect()
@@ -103,6 +128,7 @@ impl Namespace for SledNamespace {
         let mut current = self.tree.get(key).map_err(KvError::backend)?;
         loop {
             let new = f(current.as_deref())?;
+            self.writes.note_write();
             match self
                 .tree
                 .compare_and_swap(key, current.as_ref(), Some(new.as_slice()))
@@ -122,6 +148,7 @@ impl Namespace for SledNamespace {
         for k in deletes {
             batch.remove(k.as_slice());
         }
+        self.writes.note_write();
         self.tree.apply_batch(batch).map_err(KvError::backend)
     }
 }

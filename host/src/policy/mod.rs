@@ -46,8 +46,9 @@ impl OutboundRule {
         if rest.is_empty() || rest.contains(['/', '?', '#', '@']) {
             return bad("must name only a host and port");
         }
+        // `[v6]` or `[v6]:port`; a bare colon otherwise separates the port.
         let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || rest.starts_with('[') => (h, Some(p)),
+            Some((h, p)) if !rest.starts_with('[') || h.ends_with(']') => (h, Some(p)),
             _ => (rest, None),
         };
         let port = match port {
@@ -193,6 +194,13 @@ mod tests {
             "https://example.com.evil.net/"
         ));
         assert!(allowed(&["*://*:*"], "http://anything:1234/"));
+    }
+
+    #[test]
+    fn ipv6_literals() {
+        assert!(allowed(&["http://[::1]"], "http://[::1]/x"));
+        assert!(allowed(&["http://[::1]:8080"], "http://[::1]:8080/x"));
+        assert!(!allowed(&["http://[::1]:8080"], "http://[::1]:8081/x"));
     }
 
     #[test]

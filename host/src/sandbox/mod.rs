@@ -51,6 +51,9 @@ pub struct Grants {
     pub kv_value_size: usize,
 }
 
+/// Most resources (handles: buckets, streams, fields, ...) one instance may hold.
+pub const MAX_RESOURCES: usize = 10_000;
+
 /// Raised by the epoch callback when an invocation runs past its deadline.
 #[derive(Debug, thiserror::Error)]
 #[error("deadline exceeded")]
@@ -60,6 +63,11 @@ impl InstanceState {
     /// Whether this invocation wrote to its key-value store.
     pub fn kv_dirty(&self) -> bool {
         self.kv.dirty()
+    }
+
+    /// Whether this invocation used its key-value store at all.
+    pub fn kv_touched(&self) -> bool {
+        self.kv.touched()
     }
 }
 
@@ -80,7 +88,12 @@ pub fn new_store(engine: &Engine, grants: &Grants, deadline: Instant) -> Store<I
             component: grants.component.clone(),
             outbound: grants.outbound.clone(),
         },
-        table: ResourceTable::new(),
+        table: {
+            // Resources are host memory: bound how many one instance may hold.
+            let mut table = ResourceTable::new();
+            table.set_max_capacity(MAX_RESOURCES);
+            table
+        },
         limits: StoreLimitsBuilder::new()
             .memory_size(grants.memory)
             .instances(64)
@@ -92,6 +105,7 @@ pub fn new_store(engine: &Engine, grants: &Grants, deadline: Instant) -> Store<I
             grants.namespace.clone(),
             grants.component.clone(),
             grants.kv_value_size,
+            grants.memory,
         ),
         config: grants.config.clone(),
         component: grants.component.clone(),

@@ -129,10 +129,20 @@ fn engine_config(pool: PoolSize, stack: u64) -> anyhow::Result<Config> {
         .total_tables(n.saturating_mul(4))
         .total_stacks(n)
         .max_memory_size(pool.max_memory as usize)
-        // Keep a little of each slot's memory resident between uses: fewer page
-        // faults on the next instantiation (the cost DESIGN.md measured).
-        .linear_memory_keep_resident(64 << 10)
         .table_keep_resident(16 << 10);
+    // Resetting a slot by madvise and faulting its pages back on the next
+    // request (copy-on-write faults, TLB-shootdown IPIs) was ~2/3 of all CPU
+    // per request (BENCHMARKS.md). With PAGEMAP_SCAN (Linux >= 6.7) wasmtime
+    // restores only the pages a guest dirtied, in place, so a slot can keep
+    // what a Rust guest touches resident (its shadow stack sits near the
+    // 1 MiB mark): 2 MiB. Without it, keeping 2 MiB would mean clearing 2 MiB
+    // per reset, so keep little.
+    if PoolingAllocationConfig::is_pagemap_scan_available() {
+        p.pagemap_scan(wasmtime::Enabled::Yes)
+            .linear_memory_keep_resident(2 << 20);
+    } else {
+        p.linear_memory_keep_resident(64 << 10);
+    }
     cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(p));
     Ok(cfg)
 }

@@ -9,6 +9,10 @@
 //! - otherwise (chunked HTTP/1.1, HTTP/2), the end of the stream and trailers.
 //!
 //! Everything else passes straight through, so streaming is unaffected.
+//!
+//! The `finished` future is the invocation itself (not a spawned task): the
+//! body polls it on every poll, so the guest makes progress as hyper pulls
+//! the body, and dropping the body (client gone) cancels the guest.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,7 +23,7 @@ use http_body::{Body, Frame};
 
 use super::BoxError;
 
-/// Resolves when the invocation has ended: `Err` if the response must not be
+/// Runs the invocation to its end: `Err` if the response must not be
 /// completed (the guest failed, or its writes are not durable).
 pub type Finished = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
@@ -31,6 +35,7 @@ pub struct DurableBody<B> {
     held: Option<Frame<Bytes>>,
     inner_done: bool,
     finished: Option<Finished>,
+    outcome: Option<Result<(), String>>,
 }
 
 impl<B> DurableBody<B> {
@@ -41,6 +46,7 @@ impl<B> DurableBody<B> {
             held: None,
             inner_done: false,
             finished: Some(finished),
+            outcome: None,
         }
     }
 }
@@ -59,15 +65,23 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         loop {
-            if this.inner_done || this.held.is_some() {
-                if let Some(finished) = &mut this.finished {
-                    let outcome = ready!(finished.as_mut().poll(cx));
+            // Drive the invocation: it produces the frames polled below.
+            if let Some(finished) = &mut this.finished {
+                if let Poll::Ready(outcome) = finished.as_mut().poll(cx) {
                     this.finished = None;
-                    if let Err(why) = outcome {
+                    this.outcome = Some(outcome);
+                }
+            }
+            if this.inner_done || this.held.is_some() {
+                match this.outcome.take() {
+                    // Still running; polled above, so we will be woken.
+                    None if this.finished.is_some() => return Poll::Pending,
+                    Some(Err(why)) => {
                         this.held = None;
                         this.inner_done = true;
                         return Poll::Ready(Some(Err(why.into())));
                     }
+                    _ => {}
                 }
                 // The held frame completes the message: nothing follows it.
                 this.inner_done = true;

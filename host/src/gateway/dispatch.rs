@@ -1,6 +1,8 @@
 //! Routing a request to a component and running it.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,6 +26,21 @@ use crate::sandbox::{self, DeadlineExceeded};
 pub struct Gateway {
     registry: Arc<Registry>,
     kv: Arc<dyn KvBackend>,
+}
+
+/// An invocation that has ended, or is still running.
+enum Run {
+    Done(Outcome),
+    Running(Pin<Box<dyn Future<Output = Outcome> + Send>>),
+}
+
+impl Run {
+    async fn finish(self) -> Outcome {
+        match self {
+            Run::Done(outcome) => outcome,
+            Run::Running(invocation) => invocation.await,
+        }
+    }
 }
 
 /// How an invocation ended.
@@ -99,7 +116,7 @@ impl Gateway {
     ) -> Response<GatewayBody> {
         let path = req.uri().path().to_string();
         let method = req.method().clone();
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             "gateway.request",
             %method,
             path = %path,
@@ -158,45 +175,53 @@ impl Gateway {
             }
         };
 
-        let (done_tx, done_rx) = oneshot::channel::<Outcome>();
         let kv = self.kv.clone();
         let pre = rt.pre.clone();
         let name = rt.name.clone();
-        tokio::spawn(
-            async move {
-                let _permit = permit;
-                let run = async {
-                    let proxy = pre.instantiate_async(&mut store).await?;
-                    proxy
-                        .wasi_http_incoming_handler()
-                        .call_handle(&mut store, req, out)
-                        .await
-                };
-                // The epoch callback stops wasm that computes past the deadline;
-                // this also stops a guest that waits on I/O past it.
-                let grace = tokio::time::Instant::from_std(deadline + 2 * EPOCH_TICK);
-                let result = match tokio::time::timeout_at(grace, run).await {
-                    Ok(r) => r,
-                    Err(_) => Err(wasmtime::Error::new(DeadlineExceeded)),
-                };
-                // Wait for durability if this invocation wrote, or if it read
-                // while someone's writes were not yet durable (it may have
-                // seen them, and must not answer with what could be lost).
-                let state = store.data();
-                let must_sync =
-                    state.kv_dirty() || (state.kv_touched() && kv.has_pending());
-                let durable = if must_sync { kv.sync().await } else { Ok(()) };
-                if let Err(e) = &durable {
-                    tracing::error!(component = %name, error = %format!("{e:#}"), "kv writes could not be made durable");
-                }
-                drop(store);
-                let _ = done_tx.send(Outcome { result, durable });
+        let invocation = async move {
+            let _permit = permit;
+            let run = async {
+                let proxy = pre.instantiate_async(&mut store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, req, out)
+                    .await
+            };
+            // The epoch callback stops wasm that computes past the deadline;
+            // this also stops a guest that waits on I/O past it.
+            let grace = tokio::time::Instant::from_std(deadline + 2 * EPOCH_TICK);
+            let result = match tokio::time::timeout_at(grace, run).await {
+                Ok(r) => r,
+                Err(_) => Err(wasmtime::Error::new(DeadlineExceeded)),
+            };
+            // Wait for durability if this invocation wrote, or if it read
+            // while someone's writes were not yet durable (it may have seen
+            // them, and must not answer with what could be lost).
+            let state = store.data();
+            let must_sync = state.kv_dirty() || (state.kv_touched() && kv.has_pending());
+            let durable = if must_sync { kv.sync().await } else { Ok(()) };
+            if let Err(e) = &durable {
+                tracing::error!(component = %name, error = %format!("{e:#}"), "kv writes could not be made durable");
             }
-            .instrument(tracing::debug_span!("component.invoke", component = %rt.name)),
-        );
+            drop(store);
+            Outcome { result, durable }
+        }
+        .instrument(tracing::debug_span!("component.invoke", component = %rt.name));
 
-        match head_rx.await {
-            Ok(Ok(res)) => {
+        // The invocation is not spawned: it runs inside this request's future
+        // until the response head exists, then inside the response body as
+        // hyper pulls it. A short request (the common case) finishes in one
+        // poll on one thread, and a client that goes away cancels its guest.
+        let mut invocation: Pin<Box<dyn Future<Output = Outcome> + Send>> = Box::pin(invocation);
+        let mut head_rx = head_rx;
+        let (head, run) = tokio::select! {
+            biased;
+            outcome = &mut invocation => (head_rx.try_recv().ok(), Run::Done(outcome)),
+            head = &mut head_rx => (head.ok(), Run::Running(invocation)),
+        };
+
+        match head {
+            Some(Ok(res)) => {
                 let (parts, body) = res.into_parts();
                 if is_bodyless(head_only, &parts) {
                     // The head alone completes this response, so it waits for
@@ -204,33 +229,28 @@ impl Gateway {
                     // body (a guest may write one even for HEAD): drop it, so
                     // its writes fail fast instead of blocking the guest.
                     drop(body);
-                    return match done_rx.await {
-                        Ok(outcome) if outcome.result.is_err() => failure_response(&rt, outcome),
-                        Ok(outcome) => match outcome.finished() {
-                            Ok(()) => Response::from_parts(
-                                parts,
-                                Empty::new().map_err(|e| match e {}).boxed_unsync(),
-                            ),
-                            Err(why) => storage_failure(&rt, &why),
-                        },
-                        Err(_) => internal(&rt),
+                    let outcome = run.finish().await;
+                    if outcome.result.is_err() {
+                        return failure_response(&rt, outcome);
+                    }
+                    return match outcome.finished() {
+                        Ok(()) => Response::from_parts(
+                            parts,
+                            Empty::new().map_err(|e| match e {}).boxed_unsync(),
+                        ),
+                        Err(why) => storage_failure(&rt, &why),
                     };
                 }
                 let length = content_length(&parts.headers);
-                let finished: Finished = Box::pin(async move {
-                    match done_rx.await {
-                        Ok(outcome) => outcome.finished(),
-                        Err(_) => Err("invocation ended abnormally".into()),
-                    }
-                });
+                let finished: Finished = Box::pin(async move { run.finish().await.finished() });
                 Response::from_parts(
                     parts,
                     DurableBody::new(body, length, finished).boxed_unsync(),
                 )
             }
-            Ok(Err(code)) => {
+            Some(Err(code)) => {
                 // Still wait: writes made before the error must not be lost silently.
-                let _ = done_rx.await;
+                run.finish().await;
                 tracing::warn!(component = %rt.name, error = ?code, "component responded with an error");
                 text_response(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -238,10 +258,7 @@ impl Gateway {
                 )
             }
             // The outparam was dropped unset: the invocation ended without a response.
-            Err(_) => match done_rx.await {
-                Ok(outcome) => failure_response(&rt, outcome),
-                Err(_) => internal(&rt),
-            },
+            None => failure_response(&rt, run.finish().await),
         }
     }
 }
@@ -296,15 +313,5 @@ fn storage_failure(rt: &ComponentRuntime, why: &str) -> Response<GatewayBody> {
     text_response(
         StatusCode::INTERNAL_SERVER_ERROR,
         format!("atoll: component `{}`: {why}", rt.name),
-    )
-}
-
-fn internal(rt: &ComponentRuntime) -> Response<GatewayBody> {
-    text_response(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        format!(
-            "atoll: component `{}`: invocation ended abnormally",
-            rt.name
-        ),
     )
 }

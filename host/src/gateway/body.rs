@@ -66,11 +66,11 @@ where
         let this = &mut *self;
         loop {
             // Drive the invocation: it produces the frames polled below.
-            if let Some(finished) = &mut this.finished {
-                if let Poll::Ready(outcome) = finished.as_mut().poll(cx) {
-                    this.finished = None;
-                    this.outcome = Some(outcome);
-                }
+            if let Some(finished) = &mut this.finished
+                && let Poll::Ready(outcome) = finished.as_mut().poll(cx)
+            {
+                this.finished = None;
+                this.outcome = Some(outcome);
             }
             if this.inner_done || this.held.is_some() {
                 match this.outcome.take() {

@@ -163,3 +163,28 @@ routes = ["/log"]
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_log_lines_carry_the_component() {
+    let (_dir, manifest) = manifest_file(
+        r#"
+[components.logger]
+source = "{logger}"
+routes = ["/log"]
+"#,
+    );
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_atoll-cli"));
+    let host = ChildHost::spawn(bin, &manifest, &["--log-format", "json"]).unwrap();
+    assert_eq!(get(&host.url("/log")).await.status, 200);
+    let lines = host.stderr.clone();
+    drop(host);
+    let lines = lines.lock().unwrap().clone();
+    let record = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["fields"]["message"] == "logging record")
+        .unwrap_or_else(|| panic!("no JSON record of the guest's log:\n{}", lines.join("\n")));
+    assert_eq!(record["fields"]["component"], "logger", "{record}");
+    assert_eq!(record["level"], "INFO", "{record}");
+    assert_eq!(record["target"], "guest", "{record}");
+}

@@ -280,3 +280,46 @@ deadline = "5s"
     assert_eq!(get(&h.url("/kv/get/big")).await.body.len(), 200_000);
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_does_not_hold_the_instance() {
+    use tokio::io::AsyncWriteExt;
+    let h = TestHost::start(
+        r#"
+[components.hello]
+source = "{hello}"
+routes = ["/echo"]
+[components.hello.limits]
+max_concurrency = 1
+deadline = "1s"
+memory = "256MiB"
+"#,
+    )
+    .await;
+    // Upload 16 MiB to the echo guest, then never read its 16 MiB answer: the
+    // answer outgrows the socket buffers and the guest blocks writing it.
+    let mut stream = tokio::net::TcpStream::connect(h.host.addr()).await.unwrap();
+    let body = vec![b'x'; 16 << 20];
+    let head = format!(
+        "POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        get(&h.url("/echo")).await.status,
+        503,
+        "the slot is busy meanwhile"
+    );
+    // The deadline ends the stuck invocation on the clock and frees the slot,
+    // whether or not the client ever reads again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = get(&h.url("/echo")).await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "hello from atoll: /echo\n")
+    );
+    drop(stream);
+    h.stop().await;
+}

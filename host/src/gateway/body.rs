@@ -10,9 +10,9 @@
 //!
 //! Everything else passes straight through, so streaming is unaffected.
 //!
-//! The `finished` future is the invocation itself (not a spawned task): the
-//! body polls it on every poll, so the guest makes progress as hyper pulls
-//! the body, and dropping the body (client gone) cancels the guest.
+//! The `finished` future is polled on every poll (it may be the invocation's
+//! task handle, or an outcome already known), so the end is released as soon
+//! as the invocation ends.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -65,7 +65,7 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         loop {
-            // Drive the invocation: it produces the frames polled below.
+            // Learn the invocation's outcome as soon as it is known.
             if let Some(finished) = &mut this.finished
                 && let Poll::Ready(outcome) = finished.as_mut().poll(cx)
             {

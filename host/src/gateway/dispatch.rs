@@ -4,6 +4,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -28,19 +29,24 @@ pub struct Gateway {
     kv: Arc<dyn KvBackend>,
 }
 
-/// An invocation that has ended, or is still running.
+/// An invocation that has ended, or is still running as its own task.
 enum Run {
     Done(Outcome),
-    Running(Pin<Box<dyn Future<Output = Outcome> + Send>>),
+    Running(tokio::task::JoinHandle<Outcome>),
 }
 
 impl Run {
     async fn finish(self) -> Outcome {
         match self {
             Run::Done(outcome) => outcome,
-            Run::Running(invocation) => invocation.await,
+            Run::Running(task) => Outcome::joined(task.await),
         }
     }
+}
+
+/// Polls a future exactly once.
+async fn futures_poll_once<F: Future + Unpin>(mut fut: F) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut fut).poll(cx))).await
 }
 
 /// How an invocation ended.
@@ -50,6 +56,14 @@ struct Outcome {
 }
 
 impl Outcome {
+    /// The outcome of an invocation task (a panic in it is a failure).
+    fn joined(joined: Result<Outcome, tokio::task::JoinError>) -> Outcome {
+        joined.unwrap_or_else(|e| Outcome {
+            result: Err(wasmtime::Error::msg(format!("invocation task failed: {e}"))),
+            durable: Ok(()),
+        })
+    }
+
     /// Whether a response already under way may be completed.
     fn finished(&self) -> Result<(), String> {
         if let Err(e) = &self.result {
@@ -208,16 +222,25 @@ impl Gateway {
         }
         .instrument(tracing::debug_span!("component.invoke", component = %rt.name));
 
-        // The invocation is not spawned: it runs inside this request's future
-        // until the response head exists, then inside the response body as
-        // hyper pulls it. A short request (the common case) finishes in one
-        // poll on one thread, and a client that goes away cancels its guest.
+        // Fast path: poll the invocation once, right here. Most guests set
+        // their response, write it and return within that one poll, and then
+        // no task is spawned and nothing hops threads. Otherwise the rest runs
+        // as its own task: on the clock (its deadline does not depend on the
+        // client reading), and to completion even if the client goes away, as
+        // in `wasmtime serve` (a handler is never cut off between two writes).
         let mut invocation: Pin<Box<dyn Future<Output = Outcome> + Send>> = Box::pin(invocation);
+        let run = match futures_poll_once(invocation.as_mut()).await {
+            Poll::Ready(outcome) => Run::Done(outcome),
+            Poll::Pending => Run::Running(tokio::spawn(invocation)),
+        };
         let mut head_rx = head_rx;
-        let (head, run) = tokio::select! {
-            biased;
-            outcome = &mut invocation => (head_rx.try_recv().ok(), Run::Done(outcome)),
-            head = &mut head_rx => (head.ok(), Run::Running(invocation)),
+        let (head, run) = match run {
+            Run::Done(outcome) => (head_rx.try_recv().ok(), Run::Done(outcome)),
+            Run::Running(mut task) => tokio::select! {
+                biased;
+                head = &mut head_rx => (head.ok(), Run::Running(task)),
+                joined = &mut task => (head_rx.try_recv().ok(), Run::Done(Outcome::joined(joined))),
+            },
         };
 
         match head {
@@ -225,11 +248,14 @@ impl Gateway {
                 let (parts, body) = res.into_parts();
                 if is_bodyless(head_only, &parts) {
                     // The head alone completes this response, so it waits for
-                    // the invocation to end well. Nobody will read the guest's
-                    // body (a guest may write one even for HEAD): drop it, so
-                    // its writes fail fast instead of blocking the guest.
-                    drop(body);
-                    let outcome = run.finish().await;
+                    // the invocation to end well. The guest may write a body
+                    // even for HEAD: read and discard it meanwhile, so the
+                    // guest neither blocks on it nor sees its writes fail.
+                    let drain = async move {
+                        let mut body = body;
+                        while let Some(Ok(_)) = body.frame().await {}
+                    };
+                    let (outcome, ()) = tokio::join!(run.finish(), drain);
                     if outcome.result.is_err() {
                         return failure_response(&rt, outcome);
                     }

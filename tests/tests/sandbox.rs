@@ -132,40 +132,8 @@ routes = ["/b/..."]
     h.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn guest_output_is_captured_with_the_component_name() {
-    let (_dir, manifest) = manifest_file(
-        r#"
-[components.logger]
-source = "{logger}"
-routes = ["/log"]
-"#,
-    );
-    let host = ChildHost::spawn(
-        std::path::Path::new(env!("CARGO_BIN_EXE_atoll-cli")),
-        &manifest,
-        &[],
-    )
-    .unwrap();
-    let r = get(&host.url("/log")).await;
-    assert_eq!((r.status, r.body.as_str()), (200, "logged"));
-    let lines = host.stderr.clone();
-    drop(host);
-    let lines = lines.lock().unwrap().join("\n");
-    for want in ["stdout line /log", "stderr line", "logging record"] {
-        let line = lines
-            .lines()
-            .find(|l| l.contains(want))
-            .unwrap_or_else(|| panic!("no `{want}` in host log:\n{lines}"));
-        assert!(
-            line.contains("component=\"logger\"") || line.contains("component=logger"),
-            "{line}"
-        );
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_log_lines_carry_the_component() {
+/// Runs the logger guest once in a child host with `args`; returns the host's stderr lines.
+async fn logger_output(args: &[&str]) -> Vec<String> {
     let (_dir, manifest) = manifest_file(
         r#"
 [components.logger]
@@ -174,11 +142,29 @@ routes = ["/log"]
 "#,
     );
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_atoll-cli"));
-    let host = ChildHost::spawn(bin, &manifest, &["--log-format", "json"]).unwrap();
-    assert_eq!(get(&host.url("/log")).await.status, 200);
+    let host = ChildHost::spawn(bin, &manifest, args).unwrap();
+    let r = get(&host.url("/log")).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "logged"));
     let lines = host.stderr.clone();
     drop(host);
-    let lines = lines.lock().unwrap().clone();
+    lines.lock().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_output_is_captured_with_the_component_name() {
+    let lines = logger_output(&[]).await.join("\n");
+    for want in ["stdout line /log", "stderr line", "logging record"] {
+        let line = lines
+            .lines()
+            .find(|l| l.contains(want))
+            .unwrap_or_else(|| panic!("no `{want}` in host log:\n{lines}"));
+        assert!(line.contains("component=\"logger\""), "{line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_log_lines_carry_the_component() {
+    let lines = logger_output(&["--log-format", "json"]).await;
     let record = lines
         .iter()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use super::{KvBackend, KvError, Namespace, UpdateFn};
+use super::{KvBackend, KvError, Namespace, UpdateFn, scan_start};
 
 /// Stores that live as long as the process.
 #[derive(Default)]
@@ -67,14 +67,9 @@ impl Namespace for MemoryNamespace {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<Vec<u8>>, KvError> {
-        use std::ops::Bound;
-        let start = match after {
-            Some(k) => Bound::Excluded(k.to_vec()),
-            None => Bound::Included(prefix.to_vec()),
-        };
         Ok(self
             .map()
-            .range((start, Bound::Unbounded))
+            .range((scan_start(prefix, after), std::ops::Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
             .take(limit)
             .map(|(k, _)| k.clone())

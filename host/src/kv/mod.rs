@@ -89,6 +89,14 @@ pub trait Namespace: Send + Sync + 'static {
     fn apply_batch(&self, sets: &[(Vec<u8>, Vec<u8>)], deletes: &[Vec<u8>]) -> Result<(), KvError>;
 }
 
+/// Where a key scan starts: after `after` if given, else at `prefix`.
+pub fn scan_start(prefix: &[u8], after: Option<&[u8]>) -> std::ops::Bound<Vec<u8>> {
+    match after {
+        Some(k) => std::ops::Bound::Excluded(k.to_vec()),
+        None => std::ops::Bound::Included(prefix.to_vec()),
+    }
+}
+
 /// The prefix under which a bucket's keys live in a namespace.
 pub fn bucket_prefix(bucket: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + bucket.len());

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use super::commit::WriteTracker;
-use super::{GroupCommit, KvBackend, KvError, Namespace, UpdateFn};
+use super::{GroupCommit, KvBackend, KvError, Namespace, UpdateFn, scan_start};
 
 /// sled-backed stores with group-commit durability.
 pub struct SledBackend {
@@ -110,12 +110,8 @@ impl Namespace for SledNamespace {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<Vec<u8>>, KvError> {
-        let start = match after {
-            Some(k) => Bound::Excluded(k.to_vec()),
-            None => Bound::Included(prefix.to_vec()),
-        };
         self.tree
-            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+            .range::<Vec<u8>, _>((scan_start(prefix, after), Bound::Unbounded))
             .keys()
             .take_while(|k| k.as_ref().map_or(true, |k| k.starts_with(prefix)))
             .take(limit)

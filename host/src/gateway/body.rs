@@ -5,7 +5,8 @@
 //! complete response whose writes could still be lost, or that the guest
 //! failed to finish, so this wrapper holds back only what would *complete*
 //! the message until the invocation has ended well:
-//! - with a `Content-Length`, the data frame that reaches that length;
+//! - with a `Content-Length`, the data frame that reaches that length (and
+//!   anything after it, such as HTTP/2 trailers);
 //! - otherwise (chunked HTTP/1.1, HTTP/2), the end of the stream and trailers.
 //!
 //! Everything else passes straight through, so streaming is unaffected.
@@ -14,6 +15,7 @@
 //! task handle, or an outcome already known), so the end is released as soon
 //! as the invocation ends.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -31,8 +33,8 @@ pub struct DurableBody<B> {
     inner: B,
     /// Bytes still to come before the declared Content-Length is reached.
     remaining: Option<u64>,
-    /// The frame that completes the message, once seen.
-    held: Option<Frame<Bytes>>,
+    /// The frame that completes the message, and any after it (trailers).
+    held: VecDeque<Frame<Bytes>>,
     inner_done: bool,
     finished: Option<Finished>,
     outcome: Option<Result<(), String>>,
@@ -43,7 +45,7 @@ impl<B> DurableBody<B> {
         DurableBody {
             inner,
             remaining: content_length,
-            held: None,
+            held: VecDeque::new(),
             inner_done: false,
             finished: Some(finished),
             outcome: None,
@@ -72,20 +74,17 @@ where
                 this.finished = None;
                 this.outcome = Some(outcome);
             }
-            if this.inner_done || this.held.is_some() {
+            if this.inner_done {
                 match this.outcome.take() {
                     // Still running; polled above, so we will be woken.
                     None if this.finished.is_some() => return Poll::Pending,
                     Some(Err(why)) => {
-                        this.held = None;
-                        this.inner_done = true;
+                        this.held.clear();
                         return Poll::Ready(Some(Err(why.into())));
                     }
                     _ => {}
                 }
-                // The held frame completes the message: nothing follows it.
-                this.inner_done = true;
-                return Poll::Ready(this.held.take().map(Ok));
+                return Poll::Ready(this.held.pop_front().map(Ok));
             }
             match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
                 Some(Ok(frame)) => {
@@ -98,8 +97,10 @@ where
                         (None, _) => true,
                         (Some(_), None) => false,
                     };
-                    if completes {
-                        this.held = Some(frame);
+                    // From the completing frame on, everything waits (trailers
+                    // may still follow a complete Content-Length body on h2).
+                    if completes || !this.held.is_empty() {
+                        this.held.push_back(frame);
                     } else {
                         return Poll::Ready(Some(Ok(frame)));
                     }
@@ -165,12 +166,23 @@ mod tests {
         tx.try_send(data("a")).unwrap();
         assert_eq!(next(&mut b).await.unwrap(), "a");
         tx.try_send(data("b")).unwrap();
-        let last = tokio::spawn(async move { (next(&mut b).await, b.frame().await.is_none()) });
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-check", "1".parse().unwrap());
+        tx.try_send(Frame::trailers(trailers)).unwrap();
+        drop(tx);
+        let last = tokio::spawn(async move {
+            let data = next(&mut b).await;
+            let trailers = b.frame().await.unwrap().unwrap().into_trailers().unwrap();
+            (data, trailers["x-check"].clone(), b.frame().await.is_none())
+        });
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         assert!(!last.is_finished(), "the completing frame waits");
         done.send(Ok(())).unwrap();
-        assert_eq!(last.await.unwrap(), (Some(Bytes::from("b")), true));
-        drop(tx);
+        let (data, check, end) = last.await.unwrap();
+        assert_eq!(
+            (data, check, end),
+            (Some(Bytes::from("b")), "1".parse().unwrap(), true)
+        );
     }
 
     #[tokio::test]

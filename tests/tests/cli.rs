@@ -21,14 +21,17 @@ async fn hello_example_builds_and_serves() {
     // is built once per test run.
     let target = guest_target_dir();
     let env = [("CARGO_TARGET_DIR", target.as_path())];
-    let host = ChildHost::spawn_in(
-        bin(),
-        &root,
-        manifest,
-        &["--data-dir", data.path().to_str().unwrap()],
-        &env,
-    )
-    .unwrap();
+    let start = || {
+        ChildHost::spawn_in(
+            bin(),
+            &root,
+            manifest,
+            &["--data-dir", data.path().to_str().unwrap()],
+            &env,
+        )
+        .unwrap()
+    };
+    let host = start();
     let r = get(&host.url("/hello?name=Ada")).await;
     assert_eq!((r.status, r.body.as_str()), (200, "Hello, Ada!\n"));
     assert_eq!(get(&host.url("/count")).await.body, "visits: 1\n");
@@ -36,14 +39,7 @@ async fn hello_example_builds_and_serves() {
     drop(host);
 
     // The second start takes compiled artifacts from the cache.
-    let host = ChildHost::spawn_in(
-        bin(),
-        &root,
-        manifest,
-        &["--data-dir", data.path().to_str().unwrap()],
-        &env,
-    )
-    .unwrap();
+    let host = start();
     assert_eq!(get(&host.url("/count")).await.body, "visits: 3\n");
     let log = host.stderr.lock().unwrap().join("\n");
     assert_eq!(log.matches("(cached artifact in").count(), 2, "{log}");

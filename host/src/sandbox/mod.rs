@@ -199,10 +199,3 @@ impl WasiHttpHooks for Hooks {
         })
     }
 }
-
-impl InstanceState {
-    /// The component this state belongs to.
-    pub fn component(&self) -> &Arc<str> {
-        &self.component
-    }
-}

@@ -9,15 +9,19 @@ use std::time::Instant;
 use anyhow::{Context, anyhow};
 use tokio::sync::{Semaphore, watch};
 use wasmtime_wasi_config::WasiConfigVariables;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::ProxyIndices;
 
+use crate::bindings::handler::MessageHandlerIndices;
+use crate::bus::{Bus, BusGrant};
 use crate::config::{ComponentSpec, Manifest};
-use crate::engine::{ArtifactCache, Engines, PoolSize, load_component};
+use crate::engine::{
+    ArtifactCache, Engines, INCOMING_HANDLER, MESSAGE_HANDLER, PoolSize, load_component,
+};
 use crate::kv::{KvBackend, SledBackend};
 use crate::policy::OutboundPolicy;
 use crate::registry::{ComponentRuntime, Registry, RouteTable};
 use crate::sandbox::Grants;
-use crate::{build, gateway};
+use crate::{admin, build, gateway};
 
 /// A host that is serving.
 pub struct RunningHost {
@@ -26,6 +30,11 @@ pub struct RunningHost {
     shutdown: watch::Sender<bool>,
     served: tokio::task::JoinHandle<anyhow::Result<()>>,
     kv: Arc<dyn KvBackend>,
+    bus: Arc<Bus>,
+    grace: std::time::Duration,
+    admin_addr: SocketAddr,
+    admin: tokio::task::JoinHandle<anyhow::Result<()>>,
+    data_dir: PathBuf,
     _engines: Engines,
 }
 
@@ -35,6 +44,7 @@ pub struct LoadedApp {
     manifest: Manifest,
     registry: Arc<Registry>,
     kv: Arc<dyn KvBackend>,
+    bus: Arc<Bus>,
     engines: Engines,
 }
 
@@ -44,7 +54,9 @@ impl LoadedApp {
         let data_dir = &manifest.host.data_dir;
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating data_dir {}", data_dir.display()))?;
-        let kv: Arc<dyn KvBackend> = Arc::new(SledBackend::open(&data_dir.join("kv"))?);
+        let storage = Arc::new(SledBackend::open(&data_dir.join("kv"))?);
+        let kv: Arc<dyn KvBackend> = storage.clone();
+        let bus = Bus::open(&manifest, storage.clone()).context("opening the message bus")?;
         let specs: Vec<&ComponentSpec> = manifest.components.values().collect();
         // One pool per engine (per stack size), sized for its own components.
         let mut stacks: BTreeMap<u64, Vec<(u32, u64)>> = BTreeMap::new();
@@ -64,11 +76,22 @@ impl LoadedApp {
         let mut runtimes = Vec::new();
         let mut routes = Vec::new();
         for (i, spec) in specs.iter().enumerate() {
-            let rt = load_one(spec, &engines, &cache, kv.as_ref(), i + 1, specs.len())
-                .await
-                .with_context(|| {
-                    format!("component `{}` ({})", spec.name, spec.source.display())
-                })?;
+            let grant = Arc::new(BusGrant {
+                bus: bus.clone(),
+                kv_tree: storage.tree_of(&spec.name)?,
+                max_value: spec.limits.kv_value_size as usize,
+            });
+            let rt = load_one(
+                spec,
+                &engines,
+                &cache,
+                kv.as_ref(),
+                grant,
+                i + 1,
+                specs.len(),
+            )
+            .await
+            .with_context(|| format!("component `{}` ({})", spec.name, spec.source.display()))?;
             let rt = Arc::new(rt);
             routes.extend(spec.routes.iter().map(|r| (r.clone(), rt.clone())));
             runtimes.push(rt);
@@ -78,15 +101,30 @@ impl LoadedApp {
             manifest,
             registry,
             kv,
+            bus,
             engines,
         })
     }
 
     /// Binds the listener and starts serving.
     pub async fn serve(self) -> anyhow::Result<RunningHost> {
+        let data_dir = self.manifest.host.data_dir.clone();
         let listener = gateway::bind(self.manifest.host.listen).await?;
         let addr = gateway::local_addr(&listener)?;
+        let token = admin::load_or_create_token(&data_dir)?;
+        let admin_listener = admin::bind(self.manifest.host.admin_listen).await?;
+        let admin_addr = gateway::local_addr(&admin_listener)?;
+        admin::write_discovery(&data_dir, admin_addr)?;
         let (shutdown, rx) = watch::channel(false);
+        let admin = tokio::spawn(admin::serve(
+            admin_listener,
+            Arc::new(admin::AdminState {
+                bus: self.bus.clone(),
+                token: Arc::from(token),
+            }),
+            rx.clone(),
+        ));
+        self.bus.start(self.registry.clone());
         let served = tokio::spawn(gateway::serve(
             listener,
             self.registry.clone(),
@@ -100,6 +138,11 @@ impl LoadedApp {
             shutdown,
             served,
             kv: self.kv,
+            bus: self.bus,
+            grace: self.manifest.host.shutdown_grace,
+            admin_addr,
+            admin,
+            data_dir,
             _engines: self.engines,
         })
     }
@@ -121,6 +164,16 @@ impl RunningHost {
         &self.registry
     }
 
+    /// The message bus.
+    pub fn bus(&self) -> &Arc<Bus> {
+        &self.bus
+    }
+
+    /// Where the admin API listens.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
     /// Stops accepting, lets in-flight requests finish (up to the grace
     /// period), then flushes the stores.
     pub async fn shutdown(self) -> anyhow::Result<()> {
@@ -128,6 +181,15 @@ impl RunningHost {
         self.served
             .await
             .map_err(|e| anyhow!("gateway task failed: {e}"))??;
+        self.bus.shutdown(self.grace).await;
+        match self.admin.await {
+            Ok(Err(e)) => {
+                tracing::warn!(error = %format!("{e:#}"), "admin API stopped with an error")
+            }
+            Err(e) => tracing::warn!(error = %e, "admin API task failed"),
+            Ok(Ok(())) => {}
+        }
+        admin::remove_discovery(&self.data_dir);
         let kv = self.kv.clone();
         tokio::task::spawn_blocking(move || kv.flush_blocking())
             .await
@@ -142,6 +204,7 @@ async fn load_one(
     engines: &Engines,
     cache: &ArtifactCache,
     kv: &dyn KvBackend,
+    bus: Arc<BusGrant>,
     index: usize,
     total: usize,
 ) -> anyhow::Result<ComponentRuntime> {
@@ -164,9 +227,37 @@ async fn load_one(
             "cannot link: {e:#}. Atoll provides wasi:http (incoming-handler, outgoing-handler), wasi:keyvalue (store, atomics, batch), wasi:config/store, wasi:logging and the wasi:cli/io/clocks/random/filesystem/sockets interfaces of WASI 0.2"
         )
     })?;
-    let pre = ProxyPre::new(instance_pre)
-        .map_err(anyhow::Error::from)
-        .context("linking the wasi:http proxy world")?;
+    if !spec.routes.is_empty() || spec.subscriptions.is_empty() {
+        loaded.require(
+            INCOMING_HANDLER,
+            "an HTTP service must export the wasi:http proxy world's handler, e.g. with `atoll_sdk::http_handler!`",
+        )?;
+    }
+    if let Some(sub) = spec.subscriptions.first() {
+        loaded.require(
+            MESSAGE_HANDLER,
+            &format!(
+                "it subscribes to topic `{}`, so it must export a message handler, e.g. with `atoll_sdk::message_handler!`",
+                sub.topic
+            ),
+        )?;
+    }
+    let http = match loaded.exports(INCOMING_HANDLER) {
+        true => Some(
+            ProxyIndices::new(&instance_pre)
+                .map_err(anyhow::Error::from)
+                .context("linking the wasi:http proxy world")?,
+        ),
+        false => None,
+    };
+    let handler = match loaded.exports(MESSAGE_HANDLER) {
+        true => Some(
+            MessageHandlerIndices::new(&instance_pre)
+                .map_err(anyhow::Error::from)
+                .context("linking atoll:bus/handler")?,
+        ),
+        false => None,
+    };
     tracing::info!(
         "[{index}/{total}] `{}` ready: sha256:{} ({} in {:.0?}, linked in {:.0?})",
         spec.name,
@@ -196,11 +287,14 @@ async fn load_one(
             ),
             memory: spec.limits.memory as usize,
             kv_value_size: spec.limits.kv_value_size as usize,
+            bus: Some(bus),
         },
         name,
         digest: loaded.digest,
         engine: handle.engine,
-        pre,
+        pre: instance_pre,
+        http,
+        handler,
         limits: spec.limits.clone(),
         concurrency: Arc::new(Semaphore::new(spec.limits.max_concurrency as usize)),
     })

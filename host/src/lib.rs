@@ -4,8 +4,10 @@
 //! key-value store, routes HTTP to it and runs every request in a fresh,
 //! limited instance. See the README for the manifest format and the design.
 
+pub mod admin;
 pub mod bindings;
 pub mod build;
+pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod engine;

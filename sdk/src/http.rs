@@ -379,6 +379,13 @@ pub fn __serve(
     }
 }
 
+/// The HTTP side of a component that only handles messages; used by
+/// [`message_handler!`](crate::message_handler).
+#[doc(hidden)]
+pub fn __no_http_handler(_request: Request) -> Response {
+    Response::text(404, "no HTTP handler\n")
+}
+
 /// An outbound HTTP request for [`send`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutgoingRequest {

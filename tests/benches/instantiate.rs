@@ -3,7 +3,7 @@
 //! and grants), time
 //!
 //! - the store alone (`sandbox::new_store`),
-//! - store + `ProxyPre::instantiate_async` (what the 10 µs goal is about),
+//! - store + `InstancePre::instantiate_async` (what the 10 µs goal is about),
 //! - dropping that store (the instance's pool slot is reset and returned),
 //! - a whole invocation: store, instantiate, `incoming-handler.handle` of an
 //!   empty-bodied `GET /hello` built the way the gateway builds it, reading the
@@ -151,10 +151,16 @@ async fn invoke(rt: &ComponentRuntime, deadline: Instant) -> anyhow::Result<Stri
         (req, out)
     };
     let call = async {
-        let proxy = rt
+        let instance = rt
             .pre
             .instantiate_async(&mut store)
             .await
+            .map_err(anyhow::Error::from)?;
+        let proxy = rt
+            .http
+            .as_ref()
+            .expect("hello exports wasi:http")
+            .load(&mut store, &instance)
             .map_err(anyhow::Error::from)?;
         proxy
             .wasi_http_incoming_handler()

@@ -123,6 +123,7 @@ impl TestHost {
     pub async fn start_in(toml: &str, data_dir: &Path) -> anyhow::Result<RunningHost> {
         let mut m = load_manifest(toml, data_dir)?;
         m.host.listen = "127.0.0.1:0".parse().unwrap();
+        m.host.admin_listen = "127.0.0.1:0".parse().unwrap();
         RunningHost::start(m).await
     }
 
@@ -190,6 +191,8 @@ pub struct ChildHost {
     pub child: Child,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where its admin API listens.
+    pub admin: SocketAddr,
     /// Lines it printed to stderr (collected in the background).
     pub stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
@@ -214,7 +217,7 @@ impl ChildHost {
             .envs(env.iter().map(|(k, v)| (*k, *v)))
             .arg("up")
             .arg(manifest)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .args(extra)
             .env("ATOLL_LOG", "info")
             .stdout(Stdio::piped())
@@ -232,16 +235,24 @@ impl ChildHost {
         let out = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            let mut gateway = None;
             for line in BufReader::new(out).lines().map_while(Result::ok) {
                 if let Some(addr) = line.strip_prefix("atoll listening on http://") {
-                    let _ = tx.send(addr.to_string());
+                    gateway = Some(addr.to_string());
+                }
+                if let Some(rest) = line.strip_prefix("atoll admin on http://")
+                    && let Some(gateway) = gateway.take()
+                {
+                    let admin = rest.split_whitespace().next().unwrap_or_default();
+                    let _ = tx.send((gateway, admin.to_string()));
                 }
             }
         });
         match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(addr) => Ok(ChildHost {
+            Ok((addr, admin)) => Ok(ChildHost {
                 child,
                 addr: addr.parse()?,
+                admin: admin.parse()?,
                 stderr,
             }),
             Err(_) => {

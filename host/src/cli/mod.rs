@@ -1,7 +1,10 @@
 //! The `atoll` command line: one file per subcommand.
 
 mod build;
+mod bus;
 mod check;
+mod client;
+mod publish;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +27,8 @@ enum Command {
     Up(up::Up),
     Build(build::Build),
     Check(check::Check),
+    Publish(publish::Publish),
+    Bus(bus::Bus),
 }
 
 /// The whole `atoll` program: parse arguments, set up logging, run, and print
@@ -49,6 +54,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(c) => c.execute(),
         Command::Build(c) => c.execute(),
         Command::Check(c) => c.execute(),
+        Command::Publish(c) => c.execute(),
+        Command::Bus(c) => c.execute(),
     }
 }
 

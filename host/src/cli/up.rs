@@ -16,6 +16,9 @@ pub struct Up {
     /// Listen address, overriding `[host] listen` (e.g. 127.0.0.1:0 for any free port).
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Admin API listen address, overriding `[host] admin_listen` (e.g. 127.0.0.1:0).
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
     /// Data directory, overriding `[host] data_dir`.
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -27,6 +30,9 @@ impl Up {
         if let Some(l) = self.listen {
             manifest.host.listen = l;
         }
+        if let Some(a) = self.admin_listen {
+            manifest.host.admin_listen = a;
+        }
         if let Some(d) = self.data_dir {
             manifest.host.data_dir = d;
         }
@@ -36,10 +42,28 @@ impl Up {
                 .values()
                 .flat_map(|c| c.routes.iter().map(move |r| format!("  {r} -> {}", c.name)))
                 .collect();
+            let data_dir = manifest.host.data_dir.clone();
+            let topics: Vec<String> = manifest
+                .components
+                .values()
+                .flat_map(|c| {
+                    c.subscriptions
+                        .iter()
+                        .map(move |s| format!("  {} -> {} (group {})", s.topic, c.name, s.group))
+                })
+                .collect();
             let host = RunningHost::start(manifest).await?;
-            // Tests and scripts read this line to find the port.
+            // Tests and scripts read these lines to find the ports.
             println!("atoll listening on http://{}", host.addr());
-            for r in routes {
+            let token = match std::env::var_os(crate::admin::TOKEN_ENV) {
+                Some(_) => format!("token from ${}", crate::admin::TOKEN_ENV),
+                None => format!(
+                    "token in {}",
+                    data_dir.join(crate::admin::TOKEN_FILE).display()
+                ),
+            };
+            println!("atoll admin on http://{} ({token})", host.admin_addr());
+            for r in routes.iter().chain(&topics) {
                 println!("{r}");
             }
             wait_for_signal().await?;

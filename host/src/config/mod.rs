@@ -19,6 +19,8 @@ pub use units::{ByteSize, parse_duration, parse_size};
 
 /// Default listen address of the gateway.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default listen address of the admin API.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8081";
 
 /// A parsed, validated manifest.
 #[derive(Debug, Clone)]
@@ -31,6 +33,55 @@ pub struct Manifest {
     pub host: HostSettings,
     /// Components by name, in name order.
     pub components: BTreeMap<String, ComponentSpec>,
+    /// Declared bus topics by name.
+    pub topics: BTreeMap<String, TopicSpec>,
+}
+
+/// `[topics.NAME]`: a bus topic. Only declared topics exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    /// The topic's name.
+    pub name: String,
+    /// Largest payload accepted (`max_payload`, default 1 MiB).
+    pub max_payload: u64,
+    /// How long a message id is remembered for deduplication (`dedup_window`, default 5m).
+    pub dedup_window: Duration,
+}
+
+/// `[[components.NAME.subscriptions]]`: a component handling a topic's messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionSpec {
+    /// The topic.
+    pub topic: String,
+    /// Components naming the same group share one subscription and compete
+    /// for its messages (`group`, default the component's name).
+    pub group: String,
+    /// Settings of the subscription.
+    pub settings: SubscriptionSettings,
+}
+
+/// How a subscription delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionSettings {
+    /// Deliveries before a message goes to the dead letters (`max_deliver`, default 5).
+    pub max_deliver: u32,
+    /// Messages in flight at once (`prefetch`, default 16).
+    pub prefetch: u32,
+    /// First retry delay; it doubles per attempt, with jitter (`backoff`, default 100ms).
+    pub backoff: Duration,
+    /// Longest retry delay (`max_backoff`, default 30s).
+    pub max_backoff: Duration,
+}
+
+impl Default for SubscriptionSettings {
+    fn default() -> Self {
+        SubscriptionSettings {
+            max_deliver: 5,
+            prefetch: 16,
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
 }
 
 /// `[host]`: settings of the `atoll` process itself.
@@ -43,6 +94,8 @@ pub struct HostSettings {
     pub data_dir: PathBuf,
     /// How long in-flight requests may take to finish on shutdown (`shutdown_grace`, default 30s).
     pub shutdown_grace: Duration,
+    /// Admin API listen address (`admin_listen`, default 127.0.0.1:8081; port 0 picks a free port).
+    pub admin_listen: SocketAddr,
 }
 
 /// `[components.NAME]`: one service.
@@ -63,6 +116,10 @@ pub struct ComponentSpec {
     /// Secret values (from the environment or a file), visible through `wasi:config/store`
     /// to this component only and never logged.
     pub secrets: BTreeMap<String, String>,
+    /// Topics it may publish to (`publishes`).
+    pub publishes: Vec<String>,
+    /// Topics it handles messages of (`subscriptions`).
+    pub subscriptions: Vec<SubscriptionSpec>,
 }
 
 /// A route pattern.
@@ -155,6 +212,30 @@ struct RawManifest {
     host: RawHost,
     #[serde(default)]
     components: BTreeMap<Spanned<String>, RawComponent>,
+    #[serde(default)]
+    topics: BTreeMap<Spanned<String>, RawTopic>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTopic {
+    #[serde(default, deserialize_with = "units::de_opt_size")]
+    max_payload: Option<u64>,
+    #[serde(default, deserialize_with = "units::de_opt_duration")]
+    dedup_window: Option<Duration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSubscription {
+    topic: Spanned<String>,
+    group: Option<Spanned<String>>,
+    max_deliver: Option<Spanned<u32>>,
+    prefetch: Option<Spanned<u32>>,
+    #[serde(default, deserialize_with = "units::de_opt_duration")]
+    backoff: Option<Duration>,
+    #[serde(default, deserialize_with = "units::de_opt_duration")]
+    max_backoff: Option<Duration>,
 }
 
 #[derive(Deserialize, Default)]
@@ -164,6 +245,7 @@ struct RawHost {
     data_dir: Option<String>,
     #[serde(default, deserialize_with = "units::de_opt_duration")]
     shutdown_grace: Option<Duration>,
+    admin_listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -180,6 +262,10 @@ struct RawComponent {
     config: BTreeMap<String, String>,
     #[serde(default)]
     secrets: BTreeMap<Spanned<String>, RawSecret>,
+    #[serde(default)]
+    publishes: Vec<Spanned<String>>,
+    #[serde(default)]
+    subscriptions: Vec<RawSubscription>,
 }
 
 #[derive(Deserialize, Default)]
@@ -260,23 +346,53 @@ impl Manifest {
             None => src.whole(e.message().trim_end().to_string()),
         })?;
 
-        let listen = match &raw.host.listen {
+        let address = |key: &str, value: &Option<Spanned<String>>, default: &str| match value {
             Some(s) => s.get_ref().parse().map_err(|_| {
                 src.at(
                     s.span(),
                     format!(
-                        "`listen` = `{}` is not an address; write it as `IP:PORT`, e.g. `127.0.0.1:8080`",
+                        "`{key}` = `{}` is not an address; write it as `IP:PORT`, e.g. `{default}`",
                         s.get_ref()
                     ),
                 )
-            })?,
-            None => DEFAULT_LISTEN.parse().expect("default listen address parses"),
+            }),
+            None => Ok(default.parse().expect("default address parses")),
         };
         let host = HostSettings {
-            listen,
+            listen: address("listen", &raw.host.listen, DEFAULT_LISTEN)?,
             data_dir: base_dir.join(raw.host.data_dir.as_deref().unwrap_or(".atoll")),
             shutdown_grace: raw.host.shutdown_grace.unwrap_or(Duration::from_secs(30)),
+            admin_listen: address("admin_listen", &raw.host.admin_listen, DEFAULT_ADMIN_LISTEN)?,
         };
+
+        let mut topics = BTreeMap::new();
+        for (name, raw) in raw.topics {
+            let span = name.span();
+            let name = name.into_inner();
+            validate_topic(&name).map_err(|m| src.at(span.clone(), m))?;
+            let topic = TopicSpec {
+                max_payload: raw.max_payload.unwrap_or(1 << 20),
+                dedup_window: raw.dedup_window.unwrap_or(Duration::from_secs(300)),
+                name: name.clone(),
+            };
+            if topic.max_payload == 0 || topic.max_payload > (64 << 20) {
+                return Err(src.at(
+                    span,
+                    format!("topic `{name}`: max_payload must be between 1B and 64MiB"),
+                ));
+            }
+            if topic.dedup_window > Duration::from_secs(7 * 24 * 3600) {
+                return Err(src.at(
+                    span,
+                    format!("topic `{name}`: dedup_window must be at most 7 days"),
+                ));
+            }
+            topics.insert(name, topic);
+        }
+        // (topic, group) -> (component, settings) of its first member, so
+        // members of one group cannot disagree on how it delivers.
+        let mut groups: BTreeMap<(String, String), (String, SubscriptionSettings)> =
+            BTreeMap::new();
 
         let mut components = BTreeMap::new();
         // route -> (component, span) of its first owner, to report collisions.
@@ -327,6 +443,92 @@ impl Manifest {
                 kv_value_size: raw.limits.kv_value_size.unwrap_or(d.kv_value_size),
             };
             check_limits(&name, &limits).map_err(|m| src.whole(m))?;
+            let undeclared = |topic: &Spanned<String>, what: &str| {
+                src.at(
+                    topic.span(),
+                    format!(
+                        "component `{name}` {what} topic `{}`, which is not declared; add `[topics.\"{}\"]` to atoll.toml",
+                        topic.get_ref(),
+                        topic.get_ref()
+                    ),
+                )
+            };
+            let mut publishes = Vec::new();
+            for t in &raw.publishes {
+                if !topics.contains_key(t.get_ref()) {
+                    return Err(undeclared(t, "publishes to"));
+                }
+                if !publishes.contains(t.get_ref()) {
+                    publishes.push(t.get_ref().clone());
+                }
+            }
+            let mut subscriptions: Vec<SubscriptionSpec> = Vec::new();
+            for sub in raw.subscriptions {
+                if !topics.contains_key(sub.topic.get_ref()) {
+                    return Err(undeclared(&sub.topic, "subscribes to"));
+                }
+                let group = match &sub.group {
+                    Some(g) => {
+                        validate_name(g.get_ref()).map_err(|m| {
+                            src.at(g.span(), m.replace("component name", "group name"))
+                        })?;
+                        g.get_ref().clone()
+                    }
+                    None => name.clone(),
+                };
+                let d = SubscriptionSettings::default();
+                let settings = SubscriptionSettings {
+                    max_deliver: sub
+                        .max_deliver
+                        .as_ref()
+                        .map_or(d.max_deliver, |v| *v.get_ref()),
+                    prefetch: sub.prefetch.as_ref().map_or(d.prefetch, |v| *v.get_ref()),
+                    backoff: sub.backoff.unwrap_or(d.backoff),
+                    max_backoff: sub.max_backoff.unwrap_or(d.max_backoff),
+                };
+                let topic = sub.topic.get_ref().clone();
+                if let Some(v) = &sub.max_deliver
+                    && !(1..=1000).contains(v.get_ref())
+                {
+                    return Err(src.at(v.span(), format!("component `{name}`: subscription to `{topic}`: max_deliver must be between 1 and 1000")));
+                }
+                if let Some(v) = &sub.prefetch
+                    && !(1..=10_000).contains(v.get_ref())
+                {
+                    return Err(src.at(v.span(), format!("component `{name}`: subscription to `{topic}`: prefetch must be between 1 and 10000")));
+                }
+                if settings.backoff.is_zero()
+                    || settings.backoff > settings.max_backoff
+                    || settings.max_backoff > Duration::from_secs(24 * 3600)
+                {
+                    return Err(src.at(sub.topic.span(), format!("component `{name}`: subscription to `{topic}`: need 0 < backoff <= max_backoff <= 24h")));
+                }
+                if subscriptions
+                    .iter()
+                    .any(|s| s.topic == topic && s.group == group)
+                {
+                    return Err(src.at(sub.topic.span(), format!("component `{name}` subscribes to `{topic}` twice in group `{group}`; keep one")));
+                }
+                match groups.get(&(topic.clone(), group.clone())) {
+                    Some((other, theirs)) if theirs != &settings => {
+                        return Err(src.at(sub.topic.span(), format!(
+                            "component `{name}`: subscription group `{group}` on topic `{topic}` is configured differently by component `{other}`; members of a group share one subscription, so give them the same settings"
+                        )));
+                    }
+                    Some(_) => {}
+                    None => {
+                        groups.insert(
+                            (topic.clone(), group.clone()),
+                            (name.clone(), settings.clone()),
+                        );
+                    }
+                }
+                subscriptions.push(SubscriptionSpec {
+                    topic,
+                    group,
+                    settings,
+                });
+            }
             let mut secrets = BTreeMap::new();
             for (key, secret) in raw.secrets {
                 let value = resolve_secret(&name, key.get_ref(), &secret, base_dir)
@@ -352,6 +554,8 @@ impl Manifest {
                     limits,
                     config: raw.config,
                     secrets,
+                    publishes,
+                    subscriptions,
                 },
             );
         }
@@ -360,6 +564,7 @@ impl Manifest {
             base_dir: base_dir.to_path_buf(),
             host,
             components,
+            topics,
         })
     }
 }
@@ -376,6 +581,22 @@ fn validate_name(name: &str) -> Result<(), String> {
     } else {
         Err(format!(
             "component name `{name}` is not valid: use 1-64 lowercase letters, digits, `-` or `_`, starting with a letter or digit"
+        ))
+    }
+}
+
+fn validate_topic(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+        })
+        && name.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "topic name `{name}` is not valid: use 1-128 lowercase letters, digits, `.`, `-` or `_`, starting with a letter or digit"
         ))
     }
 }

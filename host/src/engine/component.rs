@@ -13,6 +13,8 @@ use super::ArtifactCache;
 
 /// The export every HTTP component must have.
 pub const INCOMING_HANDLER: &str = "wasi:http/incoming-handler@0.2";
+/// The export every message-handling component must have.
+pub const MESSAGE_HANDLER: &str = "atoll:bus/handler@0.1";
 
 /// A compiled component and facts about it.
 pub struct LoadedComponent {
@@ -24,6 +26,31 @@ pub struct LoadedComponent {
     pub cached: bool,
     /// Time spent compiling or loading.
     pub elapsed: std::time::Duration,
+    /// Names of the interfaces it exports.
+    pub exports: Vec<String>,
+}
+
+impl LoadedComponent {
+    /// Whether it exports `interface` (any version; e.g. `wasi:http/incoming-handler@0.2`).
+    pub fn exports(&self, interface: &str) -> bool {
+        self.exports.iter().any(|e| e.starts_with(interface))
+    }
+
+    /// An error unless it exports `interface`; `why` says who needs it and how to add it.
+    pub fn require(&self, interface: &str, why: &str) -> anyhow::Result<()> {
+        if self.exports(interface) {
+            return Ok(());
+        }
+        let name = interface.split('@').next().unwrap_or(interface);
+        bail!(
+            "the component does not export `{name}` (it exports: {}); {why}",
+            if self.exports.is_empty() {
+                "nothing".to_string()
+            } else {
+                self.exports.join(", ")
+            }
+        )
+    }
 }
 
 /// Checks that `bytes` is a component (not garbage, not a core module), with
@@ -86,32 +113,17 @@ pub fn load_component_bytes(
             (c, false)
         }
     };
-    let has_handler = component
+    let exports = component
         .component_type()
         .exports(engine)
-        .any(|(name, item)| {
-            name.starts_with(INCOMING_HANDLER)
-                && matches!(item.ty, ComponentItem::ComponentInstance(_))
-        });
-    if !has_handler {
-        let exports: Vec<String> = component
-            .component_type()
-            .exports(engine)
-            .map(|(n, _)| n.to_string())
-            .collect();
-        bail!(
-            "the component does not export `wasi:http/incoming-handler` (it exports: {}); an HTTP service must export the wasi:http proxy world's handler, e.g. with `atoll_sdk::http_handler!`",
-            if exports.is_empty() {
-                "nothing".to_string()
-            } else {
-                exports.join(", ")
-            }
-        );
-    }
+        .filter(|(_, item)| matches!(item.ty, ComponentItem::ComponentInstance(_)))
+        .map(|(name, _)| name.to_string())
+        .collect();
     Ok(LoadedComponent {
         component,
         digest,
         cached,
         elapsed: start.elapsed(),
+        exports,
     })
 }

@@ -20,7 +20,9 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use crate::sandbox::{self, InstanceState};
 
 pub use cache::ArtifactCache;
-pub use component::{LoadedComponent, check_component_bytes, load_component};
+pub use component::{
+    INCOMING_HANDLER, LoadedComponent, MESSAGE_HANDLER, check_component_bytes, load_component,
+};
 
 /// How often epochs advance: a looping guest is stopped at most this long after
 /// its deadline.

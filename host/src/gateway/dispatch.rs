@@ -175,6 +175,12 @@ impl Gateway {
         let head_only = req.method() == Method::HEAD;
         let deadline = Instant::now() + rt.limits.deadline;
         let mut store = sandbox::new_store(&rt.engine, &rt.grants, deadline);
+        // Messages this request publishes carry its trace context.
+        store.data_mut().bus_mut().traceparent = req
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let (head_tx, head_rx) = oneshot::channel();
         let resources = (|| {
             let mut http = store.data_mut().http();
@@ -190,12 +196,18 @@ impl Gateway {
         };
 
         let kv = self.kv.clone();
-        let pre = rt.pre.clone();
+        let runtime = rt.clone();
         let name = rt.name.clone();
         let invocation = async move {
             let _permit = permit;
+            let rt = runtime;
             let run = async {
-                let proxy = pre.instantiate_async(&mut store).await?;
+                let instance = rt.pre.instantiate_async(&mut store).await?;
+                let proxy = rt
+                    .http
+                    .as_ref()
+                    .ok_or_else(|| wasmtime::Error::msg("component does not export wasi:http/incoming-handler"))?
+                    .load(&mut store, &instance)?;
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, req, out)
@@ -208,12 +220,24 @@ impl Gateway {
                 Ok(r) => r,
                 Err(_) => Err(wasmtime::Error::new(DeadlineExceeded)),
             };
+            // Messages it published are stored only if it ended well.
+            let staged = store.data_mut().bus_mut().take_staged();
+            let bus = store.data_mut().bus_mut().bus().cloned();
             // Wait for durability if this invocation wrote, or if it read
             // while someone's writes were not yet durable (it may have seen
             // them, and must not answer with what could be lost).
             let state = store.data();
             let must_sync = state.kv_dirty() || (state.kv_touched() && kv.has_pending());
-            let durable = if must_sync { kv.sync().await } else { Ok(()) };
+            let durable = match (bus, &result) {
+                // Storing the messages waits for a flush that covers the kv writes too.
+                (Some(bus), Ok(())) if !staged.is_empty() => bus
+                    .store(staged, None)
+                    .await
+                    .map(drop)
+                    .map_err(|e| anyhow::anyhow!("publishing failed: {e}")),
+                _ if must_sync => kv.sync().await,
+                _ => Ok(()),
+            };
             if let Err(e) = &durable {
                 tracing::error!(component = %name, error = %format!("{e:#}"), "kv writes could not be made durable");
             }

@@ -20,7 +20,7 @@ mod sled_backend;
 use std::sync::Arc;
 
 pub use binding::{Bucket, KvState, KvView, add_to_linker};
-pub use commit::GroupCommit;
+pub use commit::{GroupCommit, WriteTracker};
 pub use memory::MemoryBackend;
 pub use sled_backend::SledBackend;
 

@@ -45,15 +45,24 @@ impl SledBackend {
     pub fn db(&self) -> &sled::Db {
         &self.db
     }
+
+    /// Counts writes made outside a namespace (the bus) toward the shared group commit.
+    pub fn tracker(&self) -> WriteTracker {
+        self.commit.tracker()
+    }
+
+    /// The tree holding one component's keys (for transactions spanning it and the bus).
+    pub fn tree_of(&self, component: &str) -> anyhow::Result<sled::Tree> {
+        self.db
+            .open_tree(format!("kv/{component}"))
+            .with_context(|| format!("opening the key-value tree of `{component}`"))
+    }
 }
 
 #[async_trait::async_trait]
 impl KvBackend for SledBackend {
     fn namespace(&self, component: &str) -> anyhow::Result<Arc<dyn Namespace>> {
-        let tree = self
-            .db
-            .open_tree(format!("kv/{component}"))
-            .with_context(|| format!("opening the key-value tree of `{component}`"))?;
+        let tree = self.tree_of(component)?;
         Ok(Arc::new(SledNamespace {
             tree,
             writes: self.commit.tracker(),

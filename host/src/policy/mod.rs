@@ -1,6 +1,7 @@
-//! Deny-by-default decisions. Today: which outbound HTTP destinations a
-//! component may reach (`allowed_outbound_hosts`). Component-to-component edges
-//! and topic grants join this module as those capabilities land.
+//! Deny-by-default decisions: which outbound HTTP destinations a component may
+//! reach (`allowed_outbound_hosts`) and which topics it may publish to
+//! (`publishes`; subscribing to an undeclared topic is refused when the
+//! manifest loads). Component-to-component edges join this module as they land.
 
 use std::fmt;
 
@@ -148,6 +149,39 @@ impl OutboundPolicy {
                 destination: format!("{scheme}://{host}:{port}"),
             })
         }
+    }
+}
+
+/// Which topics each component may publish to.
+#[derive(Debug, Default)]
+pub struct TopicPolicy {
+    publishes: std::collections::HashMap<String, std::collections::HashSet<String>>,
+}
+
+impl TopicPolicy {
+    /// A policy from each component's `publishes` list.
+    pub fn new<'a>(grants: impl IntoIterator<Item = (&'a str, &'a [String])>) -> Self {
+        TopicPolicy {
+            publishes: grants
+                .into_iter()
+                .map(|(c, topics)| (c.to_string(), topics.iter().cloned().collect()))
+                .collect(),
+        }
+    }
+
+    /// Whether `component` may publish to `topic`; the error says how to allow it.
+    pub fn check_publish(&self, component: &str, topic: &str) -> Result<(), String> {
+        if self
+            .publishes
+            .get(component)
+            .is_some_and(|t| t.contains(topic))
+        {
+            return Ok(());
+        }
+        tracing::warn!(component, topic, "publish denied");
+        Err(format!(
+            "component `{component}` may not publish to topic `{topic}`; add it to `publishes` of [components.{component}] in atoll.toml"
+        ))
     }
 }
 

@@ -10,7 +10,10 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
 use wasmtime::Engine;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime::component::InstancePre;
+use wasmtime_wasi_http::p2::bindings::ProxyIndices;
+
+use crate::bindings::handler::MessageHandlerIndices;
 
 use crate::config::{Limits, Route};
 use crate::sandbox::{Grants, InstanceState};
@@ -24,7 +27,11 @@ pub struct ComponentRuntime {
     /// Its engine (one per stack size).
     pub engine: Engine,
     /// Pre-linked instantiation recipe.
-    pub pre: ProxyPre<InstanceState>,
+    pub pre: InstancePre<InstanceState>,
+    /// Its `wasi:http/incoming-handler` export, when it has one.
+    pub http: Option<ProxyIndices>,
+    /// Its `atoll:bus/handler` export, when it has one.
+    pub handler: Option<MessageHandlerIndices>,
     /// What each invocation is granted.
     pub grants: Grants,
     /// Its limits.
@@ -98,5 +105,14 @@ impl Registry {
     /// The running components.
     pub fn components(&self) -> Arc<Vec<Arc<ComponentRuntime>>> {
         self.components.load_full()
+    }
+
+    /// The running version of one component.
+    pub fn component(&self, name: &str) -> Option<Arc<ComponentRuntime>> {
+        self.components
+            .load()
+            .iter()
+            .find(|c| &*c.name == name)
+            .cloned()
     }
 }

@@ -18,6 +18,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
+use crate::bus::{BusGrant, BusState, BusView};
 use crate::kv::{KvState, KvView, Namespace};
 use crate::policy::OutboundPolicy;
 
@@ -31,6 +32,7 @@ pub struct InstanceState {
     table: ResourceTable,
     limits: StoreLimits,
     kv: KvState,
+    bus: BusState,
     config: Arc<WasiConfigVariables>,
     component: Arc<str>,
 }
@@ -49,6 +51,8 @@ pub struct Grants {
     pub memory: usize,
     /// Largest kv value in bytes.
     pub kv_value_size: usize,
+    /// Its bus rights (`None` when the host runs without a bus).
+    pub bus: Option<Arc<BusGrant>>,
 }
 
 /// Most resources (handles: buckets, streams, fields, ...) one instance may hold.
@@ -68,6 +72,11 @@ impl InstanceState {
     /// Whether this invocation used its key-value store at all.
     pub fn kv_touched(&self) -> bool {
         self.kv.touched()
+    }
+
+    /// This invocation's bus state (staged publishes, trace context).
+    pub fn bus_mut(&mut self) -> &mut BusState {
+        &mut self.bus
     }
 }
 
@@ -107,6 +116,7 @@ pub fn new_store(engine: &Engine, grants: &Grants, deadline: Instant) -> Store<I
             grants.kv_value_size,
             grants.memory,
         ),
+        bus: BusState::new(grants.bus.clone(), grants.component.clone(), grants.memory),
         config: grants.config.clone(),
         component: grants.component.clone(),
     };
@@ -138,6 +148,9 @@ pub fn linker(engine: &Engine) -> anyhow::Result<Linker<InstanceState>> {
     })?;
     crate::kv::add_to_linker(&mut linker, |s: &mut InstanceState| {
         KvView::new(&mut s.kv, &mut s.table)
+    })?;
+    crate::bus::add_to_linker(&mut linker, |s: &mut InstanceState| {
+        BusView::new(&mut s.bus, &mut s.table)
     })?;
     logging::add_to_linker(&mut linker)?;
     Ok(linker)

@@ -1,0 +1,368 @@
+//! The admin API: an HTTP/1.1 listener of its own (`[host] admin_listen`),
+//! protected by a bearer token, through which operators and the `atoll` CLI
+//! publish messages and inspect and repair the bus.
+//!
+//! | request | answer |
+//! | --- | --- |
+//! | `POST /v1/topics/{topic}/messages?id=&key=` | 201 `{"id", "duplicate": false}`, 200 when a duplicate |
+//! | `GET /v1/bus` | the bus overview |
+//! | `GET /v1/bus/topics/{topic}/dead-letters?subscription=&limit=` | its dead letters |
+//! | `POST /v1/bus/topics/{topic}/replay?subscription=&id=&id=` | `{"replayed": n}` |
+//!
+//! Errors are `{"error": "..."}`. A message's headers come from the request
+//! headers `atoll-header-<name>`, plus `traceparent` and `tracestate`.
+//!
+//! The CLI finds a host through two files in its `data_dir`: `admin.json`
+//! (address and pid, while the host runs) and `admin.token`.
+
+mod files;
+mod routes;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::bus::{Bus, BusError, Origin, Outgoing};
+
+pub use files::{
+    DISCOVERY_FILE, Discovery, TOKEN_ENV, TOKEN_FILE, discovery_path, load_or_create_token,
+    read_discovery, read_token, remove_discovery, write_discovery,
+};
+pub use routes::{Action, ApiError, DEFAULT_LIMIT, HEADER_PREFIX, MAX_BODY, MAX_LIMIT};
+
+/// How long a client may take to send a request head.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long in-flight admin requests may take to finish on shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// The `WWW-Authenticate` challenge of a 401.
+pub const CHALLENGE: &str = "Bearer realm=\"atoll-admin\"";
+
+/// What the admin API serves from.
+pub struct AdminState {
+    /// The bus it drives.
+    pub bus: Arc<Bus>,
+    /// The bearer token every request must carry.
+    pub token: Arc<str>,
+}
+
+/// Binds the admin listener, with an error that says what to do.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                "the port is in use, perhaps by another atoll host; stop it or choose another port with `[host] admin_listen` in atoll.toml (127.0.0.1:0 picks a free one)"
+            }
+            std::io::ErrorKind::PermissionDenied => {
+                "ports below 1024 need privileges; choose a higher port with `[host] admin_listen`"
+            }
+            _ => "check `[host] admin_listen` in atoll.toml",
+        };
+        anyhow::anyhow!("cannot listen for the admin API on {addr}: {e}; {hint}")
+    })
+}
+
+/// Serves the admin API until `shutdown` flips, then lets in-flight requests
+/// finish for up to [`SHUTDOWN_GRACE`].
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let graceful = GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(v) => v,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let state = state.clone();
+                let service = service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(handle(state, req, peer).await) }
+                });
+                let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(
+                    async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(error = %e, "admin connection ended with an error");
+                        }
+                    }
+                    .instrument(tracing::debug_span!("admin.connection", %peer)),
+                );
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("admin requests did not finish within {SHUTDOWN_GRACE:?}");
+    }
+    Ok(())
+}
+
+async fn handle(
+    state: Arc<AdminState>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let span =
+        tracing::info_span!("admin.request", method = %parts.method, path = parts.uri.path());
+    async move {
+        let result = match routes::parse(&parts.method, &parts.uri, &parts.headers, &state.token) {
+            Ok(action) => execute(&state.bus, action, body).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(response) => response,
+            Err(e) => {
+                if e.status == StatusCode::UNAUTHORIZED {
+                    tracing::warn!(%peer, "admin request refused: {}", e.message);
+                } else if e.status.is_server_error() {
+                    tracing::error!("admin request failed: {}", e.message);
+                } else {
+                    tracing::debug!(status = %e.status, "admin request refused: {}", e.message);
+                }
+                error_response(e)
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn execute(
+    bus: &Arc<Bus>,
+    action: Action,
+    body: Incoming,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    match action {
+        Action::Publish {
+            topic,
+            id,
+            key,
+            headers,
+        } => {
+            let payload = read_body(body).await?;
+            let message = Outgoing {
+                topic: topic.clone(),
+                payload,
+                headers,
+                id,
+                partition_key: key,
+            };
+            let published = bus
+                .publish(Origin::Operator, vec![message])
+                .await
+                .map_err(bus_error)?
+                .into_iter()
+                .next()
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "the bus returned no result for the message",
+                    )
+                })?;
+            tracing::info!(
+                topic,
+                id = published.id,
+                duplicate = published.duplicate,
+                "operator published"
+            );
+            let status = if published.duplicate {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            };
+            json(status, &published)
+        }
+        Action::Overview => json(StatusCode::OK, &bus.overview()),
+        Action::DeadLetters {
+            topic,
+            subscription,
+            limit,
+        } => {
+            // Reading up to MAX_LIMIT entries from the store blocks.
+            let bus = bus.clone();
+            let letters = tokio::task::spawn_blocking(move || {
+                bus.dead_letters(&topic, subscription.as_deref(), limit)
+            })
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("listing dead letters failed: {e}"),
+                )
+            })?
+            .map_err(bus_error)?;
+            json(StatusCode::OK, &letters)
+        }
+        Action::Replay {
+            topic,
+            subscription,
+            ids,
+        } => {
+            let replayed = bus
+                .replay(&topic, subscription.as_deref(), ids.as_deref())
+                .await
+                .map_err(bus_error)?;
+            tracing::info!(
+                topic,
+                subscription,
+                replayed,
+                "operator replayed dead letters"
+            );
+            json(StatusCode::OK, &serde_json::json!({ "replayed": replayed }))
+        }
+    }
+}
+
+/// The request body, at most [`MAX_BODY`] bytes.
+async fn read_body(body: Incoming) -> Result<Vec<u8>, ApiError> {
+    match Limited::new(body, MAX_BODY as usize).collect().await {
+        Ok(collected) => Ok(collected.to_bytes().to_vec()),
+        Err(e) if e.is::<LengthLimitError>() => Err(routes::too_large()),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("reading the request body failed: {e}"),
+        )),
+    }
+}
+
+fn bus_error(e: BusError) -> ApiError {
+    // The bus's messages name the problem; this adds where to look.
+    let hint = match &e {
+        BusError::UnknownTopic(_) => "; `atoll bus ls` lists the declared topics",
+        _ => "",
+    };
+    ApiError::new(e.status(), format!("{e}{hint}"))
+}
+
+fn json(status: StatusCode, value: &impl Serialize) -> Result<Response<Full<Bytes>>, ApiError> {
+    let body = serde_json::to_vec(value).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding the response failed: {e}"),
+        )
+    })?;
+    let mut res = Response::new(Full::new(Bytes::from(body)));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(res)
+}
+
+/// `{"error": message}` with the error's status, a `WWW-Authenticate`
+/// challenge on 401 and `Allow` on 405.
+pub fn error_response(e: ApiError) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({ "error": e.message });
+    let mut res = Response::new(Full::new(Bytes::from(body.to_string())));
+    *res.status_mut() = e.status;
+    let headers = res.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if e.status == StatusCode::UNAUTHORIZED {
+        headers.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(CHALLENGE),
+        );
+    }
+    if let Some(allow) = e.allow {
+        headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+    }
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_json(res: Response<Full<Bytes>>) -> serde_json::Value {
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn errors_are_json_with_their_headers() {
+        let res = error_response(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "wrong bearer token",
+        ));
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            res.headers()[header::WWW_AUTHENTICATE],
+            "Bearer realm=\"atoll-admin\""
+        );
+        assert_eq!(res.headers()[header::CONTENT_TYPE], "application/json");
+        assert_eq!(
+            body_json(res).await,
+            serde_json::json!({"error": "wrong bearer token"})
+        );
+
+        let res = error_response(ApiError {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            message: "no".into(),
+            allow: Some("GET"),
+        });
+        assert_eq!(res.headers()[header::ALLOW], "GET");
+        assert!(res.headers().get(header::WWW_AUTHENTICATE).is_none());
+    }
+
+    #[test]
+    fn bus_errors_keep_their_status_and_say_what_to_do() {
+        let e = bus_error(BusError::UnknownTopic("nope".into()));
+        assert_eq!(e.status, StatusCode::NOT_FOUND);
+        assert!(
+            e.message.starts_with("unknown topic: nope; "),
+            "{}",
+            e.message
+        );
+        assert!(e.message.contains("`atoll bus ls`"), "{}", e.message);
+        let e = bus_error(BusError::TooLarge(
+            "payload 2 MiB > max_payload 1 MiB".into(),
+        ));
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(e.message, "too large: payload 2 MiB > max_payload 1 MiB");
+    }
+
+    #[tokio::test]
+    async fn bind_names_admin_listen_when_the_port_is_taken() {
+        let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let e = bind(taken.local_addr().unwrap())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot listen for the admin API"), "{e}");
+        assert!(e.contains("`[host] admin_listen`"), "{e}");
+        assert!(e.contains("in use"), "{e}");
+    }
+}

@@ -1,0 +1,475 @@
+//! The durable side of the bus: one sled tree (`bus`) holding every
+//! subscription's pending messages, delivery attempts, dead letters and the
+//! dedup index, so that each step is one atomic batch on one tree.
+//!
+//! Keys (the subscription id and topic are length-prefixed, so no two
+//! subscriptions' keys can collide; `seq` is big-endian, so a prefix scan
+//! returns a subscription's messages in publish order):
+//!
+//! | key | value | meaning |
+//! | --- | --- | --- |
+//! | `S` sub seq | [`StoredMessage`] | waiting to be handled by `sub` |
+//! | `A` sub seq | [`Attempt`] | deliveries started (written before each) |
+//! | `D` sub seq | [`DeadRecord`] | dead-lettered in `sub` |
+//! | `I` topic id | ms | dedup: id published at |
+//!
+//! A message published to a topic gets one `S` entry per subscription (the
+//! payload is copied per subscription: acknowledging is then one removal with
+//! no reference counting, and fan-out is small in practice).
+
+use serde::{Deserialize, Serialize};
+
+use super::BusError;
+use crate::kv::WriteTracker;
+
+/// A message as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredMessage {
+    /// Message id.
+    pub id: String,
+    /// Topic.
+    pub topic: String,
+    /// Partition key.
+    pub key: Option<String>,
+    /// Headers.
+    pub headers: Vec<(String, String)>,
+    /// Publish time, ms since the Unix epoch.
+    pub published_at_ms: u64,
+    /// Body.
+    pub payload: Vec<u8>,
+}
+
+/// Deliveries started for a pending message.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// How many deliveries began.
+    pub started: u32,
+    /// How the last finished one failed.
+    pub last_error: Option<String>,
+}
+
+/// A dead letter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadRecord {
+    /// Why it died.
+    pub reason: String,
+    /// Deliveries made.
+    pub attempts: u32,
+    /// The last delivery's error.
+    pub last_error: Option<String>,
+    /// When it died, ms since the Unix epoch.
+    pub dead_at_ms: u64,
+    /// The message.
+    pub message: StoredMessage,
+}
+
+/// A pending message as loaded at start: what the scheduler needs, not the payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRef {
+    /// Log position.
+    pub seq: u64,
+    /// Partition key.
+    pub key: Option<String>,
+    /// Deliveries started before.
+    pub attempt: Attempt,
+}
+
+/// A new pending entry: `message` waiting in each of `subscriptions`.
+pub struct NewEntry<'a> {
+    /// Log position.
+    pub seq: u64,
+    /// Subscription ids.
+    pub subscriptions: &'a [std::sync::Arc<str>],
+    /// The message.
+    pub message: &'a StoredMessage,
+    /// The message, encoded once for every subscription.
+    encoded: Vec<u8>,
+}
+
+impl<'a> NewEntry<'a> {
+    /// An entry for `message` at `seq` in each of `subscriptions`.
+    pub fn new(
+        seq: u64,
+        subscriptions: &'a [std::sync::Arc<str>],
+        message: &'a StoredMessage,
+    ) -> Result<Self, BusError> {
+        Ok(NewEntry {
+            seq,
+            subscriptions,
+            message,
+            encoded: encode(message)?,
+        })
+    }
+}
+
+const PENDING: u8 = b'S';
+const ATTEMPT: u8 = b'A';
+const DEAD: u8 = b'D';
+const DEDUP: u8 = b'I';
+
+fn prefix(kind: u8, name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(3 + name.len() + 8);
+    k.push(kind);
+    k.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+fn entry_key(kind: u8, sub: &str, seq: u64) -> Vec<u8> {
+    let mut k = prefix(kind, sub);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn dedup_key(topic: &str, id: &str) -> Vec<u8> {
+    let mut k = prefix(DEDUP, topic);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn seq_of(key: &[u8]) -> u64 {
+    let tail: [u8; 8] = key[key.len() - 8..].try_into().unwrap_or([0; 8]);
+    u64::from_be_bytes(tail)
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, BusError> {
+    postcard::to_allocvec(value).map_err(BusError::storage)
+}
+
+fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, BusError> {
+    postcard::from_bytes(bytes).map_err(BusError::storage)
+}
+
+/// The bus's tree in the host's sled database.
+#[derive(Clone)]
+pub struct Log {
+    db: sled::Db,
+    tree: sled::Tree,
+    writes: WriteTracker,
+}
+
+impl Log {
+    /// Opens the `bus` tree; `writes` counts writes for the shared group commit.
+    pub fn open(db: &sled::Db, writes: WriteTracker) -> anyhow::Result<Log> {
+        let tree = db.open_tree("bus")?;
+        Ok(Log {
+            db: db.clone(),
+            tree,
+            writes,
+        })
+    }
+
+    /// The tree (for transactions that span it and a key-value tree).
+    pub fn tree(&self) -> &sled::Tree {
+        &self.tree
+    }
+
+    /// A new log position, increasing across restarts.
+    pub fn next_seq(&self) -> Result<u64, BusError> {
+        self.db.generate_id().map_err(BusError::storage)
+    }
+
+    /// The write tracker of the shared group commit.
+    pub fn writes(&self) -> &WriteTracker {
+        &self.writes
+    }
+
+    /// Adds new entries (and their dedup records) to `batch`.
+    pub fn stage_entries(batch: &mut sled::Batch, entries: &[NewEntry<'_>]) {
+        for e in entries {
+            for sub in e.subscriptions {
+                batch.insert(entry_key(PENDING, sub, e.seq), e.encoded.as_slice());
+            }
+            batch.insert(
+                dedup_key(&e.message.topic, &e.message.id),
+                &e.message.published_at_ms.to_be_bytes(),
+            );
+        }
+    }
+
+    /// Applies a batch atomically.
+    pub fn apply(&self, batch: sled::Batch) -> Result<(), BusError> {
+        self.writes.note_write();
+        self.tree.apply_batch(batch).map_err(BusError::storage)
+    }
+
+    /// Adds the removal of a handled message to `batch`.
+    pub fn stage_ack(batch: &mut sled::Batch, sub: &str, seq: u64) {
+        batch.remove(entry_key(PENDING, sub, seq));
+        batch.remove(entry_key(ATTEMPT, sub, seq));
+    }
+
+    /// When a message id was published on a topic, if it is remembered.
+    pub fn dedup_time(&self, topic: &str, id: &str) -> Result<Option<u64>, BusError> {
+        Ok(self
+            .tree
+            .get(dedup_key(topic, id))
+            .map_err(BusError::storage)?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)))
+    }
+
+    /// Whether `key` of a transaction names a remembered id (inside a sled transaction).
+    pub fn dedup_time_in(
+        tree: &sled::transaction::TransactionalTree,
+        topic: &str,
+        id: &str,
+    ) -> Result<Option<u64>, sled::transaction::UnabortableTransactionError> {
+        Ok(tree
+            .get(dedup_key(topic, id))?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)))
+    }
+
+    /// Writes new entries inside a sled transaction.
+    pub fn insert_entries_in<'e>(
+        tree: &sled::transaction::TransactionalTree,
+        entries: impl IntoIterator<Item = &'e NewEntry<'e>>,
+    ) -> Result<(), sled::transaction::UnabortableTransactionError> {
+        for e in entries {
+            for sub in e.subscriptions {
+                tree.insert(entry_key(PENDING, sub, e.seq), e.encoded.as_slice())?;
+            }
+            tree.insert(
+                dedup_key(&e.message.topic, &e.message.id),
+                &e.message.published_at_ms.to_be_bytes(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Every pending message of a subscription, in publish order.
+    pub fn load(&self, sub: &str) -> Result<Vec<PendingRef>, BusError> {
+        let mut attempts = std::collections::HashMap::new();
+        for kv in self.tree.scan_prefix(prefix(ATTEMPT, sub)) {
+            let (k, v) = kv.map_err(BusError::storage)?;
+            attempts.insert(seq_of(&k), decode::<Attempt>(&v)?);
+        }
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix(prefix(PENDING, sub)) {
+            let (k, v) = kv.map_err(BusError::storage)?;
+            let seq = seq_of(&k);
+            let message: StoredMessage = decode(&v)?;
+            out.push(PendingRef {
+                seq,
+                key: message.key,
+                attempt: attempts.remove(&seq).unwrap_or_default(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// A pending message's content, if it is still pending.
+    pub fn read(&self, sub: &str, seq: u64) -> Result<Option<StoredMessage>, BusError> {
+        match self
+            .tree
+            .get(entry_key(PENDING, sub, seq))
+            .map_err(BusError::storage)?
+        {
+            Some(v) => Ok(Some(decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Records that a delivery is starting (not waited on: after a crash the
+    /// count may be one low, never high).
+    pub fn begin_attempt(&self, sub: &str, seq: u64, attempt: &Attempt) -> Result<(), BusError> {
+        self.writes.note_write();
+        self.tree
+            .insert(entry_key(ATTEMPT, sub, seq), encode(attempt)?)
+            .map_err(BusError::storage)?;
+        Ok(())
+    }
+
+    /// Moves a pending message to the dead letters, atomically. Returns false
+    /// when it was no longer pending.
+    pub fn dead_letter(
+        &self,
+        sub: &str,
+        seq: u64,
+        reason: String,
+        attempts: u32,
+        last_error: Option<String>,
+        now_ms: u64,
+    ) -> Result<bool, BusError> {
+        let Some(message) = self.read(sub, seq)? else {
+            return Ok(false);
+        };
+        let record = DeadRecord {
+            reason,
+            attempts,
+            last_error,
+            dead_at_ms: now_ms,
+            message,
+        };
+        let mut batch = sled::Batch::default();
+        Self::stage_ack(&mut batch, sub, seq);
+        batch.insert(entry_key(DEAD, sub, seq), encode(&record)?);
+        self.apply(batch)?;
+        Ok(true)
+    }
+
+    /// Up to `limit` dead letters of a subscription, oldest first.
+    pub fn dead_letters(
+        &self,
+        sub: &str,
+        limit: usize,
+    ) -> Result<Vec<(u64, DeadRecord)>, BusError> {
+        self.tree
+            .scan_prefix(prefix(DEAD, sub))
+            .take(limit)
+            .map(|kv| {
+                let (k, v) = kv.map_err(BusError::storage)?;
+                Ok((seq_of(&k), decode(&v)?))
+            })
+            .collect()
+    }
+
+    /// How many dead letters a subscription holds.
+    pub fn count_dead(&self, sub: &str) -> Result<u64, BusError> {
+        let mut n = 0;
+        for k in self.tree.scan_prefix(prefix(DEAD, sub)).keys() {
+            k.map_err(BusError::storage)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Moves dead letters (all, or those whose id is in `ids`) back to
+    /// pending with a fresh attempt count. Returns what moved.
+    pub fn replay(&self, sub: &str, ids: Option<&[String]>) -> Result<Vec<PendingRef>, BusError> {
+        let mut moved = Vec::new();
+        let mut batch = sled::Batch::default();
+        for kv in self.tree.scan_prefix(prefix(DEAD, sub)) {
+            let (k, v) = kv.map_err(BusError::storage)?;
+            let record: DeadRecord = decode(&v)?;
+            if ids.is_some_and(|ids| !ids.contains(&record.message.id)) {
+                continue;
+            }
+            let seq = seq_of(&k);
+            batch.remove(k);
+            batch.insert(entry_key(PENDING, sub, seq), encode(&record.message)?);
+            moved.push(PendingRef {
+                seq,
+                key: record.message.key,
+                attempt: Attempt::default(),
+            });
+        }
+        if !moved.is_empty() {
+            self.apply(batch)?;
+        }
+        Ok(moved)
+    }
+
+    /// Forgets dedup records older than each topic's window.
+    pub fn sweep_dedup(
+        &self,
+        window_ms: impl Fn(&str) -> u64,
+        now_ms: u64,
+    ) -> Result<usize, BusError> {
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for kv in self.tree.scan_prefix([DEDUP]) {
+            let (k, v) = kv.map_err(BusError::storage)?;
+            let len = u16::from_be_bytes([k[1], k[2]]) as usize;
+            let topic = std::str::from_utf8(&k[3..3 + len]).unwrap_or("");
+            let at = v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
+            if now_ms.saturating_sub(at) > window_ms(topic) {
+                batch.remove(k);
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.apply(batch)?;
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn log() -> Log {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let gc = crate::kv::GroupCommit::start("test", Box::new(|| Ok(()))).unwrap();
+        Log::open(&db, gc.tracker()).unwrap()
+    }
+
+    fn msg(id: &str, key: Option<&str>) -> StoredMessage {
+        StoredMessage {
+            id: id.into(),
+            topic: "t".into(),
+            key: key.map(Into::into),
+            headers: vec![("h".into(), "v".into())],
+            published_at_ms: 1000,
+            payload: b"body".to_vec(),
+        }
+    }
+
+    #[test]
+    fn entries_fan_out_and_ack_independently() {
+        let log = log();
+        let subs: Vec<Arc<str>> = vec!["t/a".into(), "t/b".into()];
+        let m = msg("m1", Some("k"));
+        let mut batch = sled::Batch::default();
+        Log::stage_entries(&mut batch, &[NewEntry::new(7, &subs, &m).unwrap()]);
+        log.apply(batch).unwrap();
+        assert_eq!(log.read("t/a", 7).unwrap().unwrap(), m);
+        assert_eq!(log.dedup_time("t", "m1").unwrap(), Some(1000));
+        let mut ack = sled::Batch::default();
+        Log::stage_ack(&mut ack, "t/a", 7);
+        log.apply(ack).unwrap();
+        assert!(log.read("t/a", 7).unwrap().is_none());
+        let b = log.load("t/b").unwrap();
+        assert_eq!(b.len(), 1);
+        assert_eq!(b[0].key.as_deref(), Some("k"));
+        // A subscription whose name is a prefix of another's sees only its own.
+        assert!(log.load("t/").unwrap().is_empty());
+    }
+
+    #[test]
+    fn attempts_dead_letters_and_replay() {
+        let log = log();
+        let subs: Vec<Arc<str>> = vec!["t/a".into()];
+        for (seq, id) in [(1, "x"), (2, "y")] {
+            let m = msg(id, None);
+            let mut batch = sled::Batch::default();
+            Log::stage_entries(&mut batch, &[NewEntry::new(seq, &subs, &m).unwrap()]);
+            log.apply(batch).unwrap();
+        }
+        let a = Attempt {
+            started: 3,
+            last_error: Some("trap".into()),
+        };
+        log.begin_attempt("t/a", 1, &a).unwrap();
+        assert_eq!(log.load("t/a").unwrap()[0].attempt, a);
+        assert!(log.dead_letter("t/a", 1, "max".into(), 3, None, 5).unwrap());
+        assert!(!log.dead_letter("t/a", 1, "max".into(), 3, None, 5).unwrap());
+        assert_eq!(log.count_dead("t/a").unwrap(), 1);
+        assert_eq!(log.load("t/a").unwrap().len(), 1);
+        let moved = log.replay("t/a", Some(&["nope".to_string()])).unwrap();
+        assert!(moved.is_empty());
+        let moved = log.replay("t/a", None).unwrap();
+        assert_eq!(moved.len(), 1);
+        assert_eq!(moved[0].attempt, Attempt::default());
+        assert_eq!(log.count_dead("t/a").unwrap(), 0);
+        let seqs: Vec<u64> = log.load("t/a").unwrap().iter().map(|p| p.seq).collect();
+        assert_eq!(seqs, vec![1, 2]);
+    }
+
+    #[test]
+    fn dedup_sweep_keeps_recent_ids() {
+        let log = log();
+        let subs: Vec<Arc<str>> = vec![];
+        let mut m = msg("old", None);
+        let mut batch = sled::Batch::default();
+        Log::stage_entries(&mut batch, &[NewEntry::new(1, &subs, &m).unwrap()]);
+        m.id = "new".into();
+        m.published_at_ms = 9_000;
+        Log::stage_entries(&mut batch, &[NewEntry::new(2, &subs, &m).unwrap()]);
+        log.apply(batch).unwrap();
+        assert_eq!(log.sweep_dedup(|_| 5_000, 10_000).unwrap(), 1);
+        assert_eq!(log.dedup_time("t", "old").unwrap(), None);
+        assert_eq!(log.dedup_time("t", "new").unwrap(), Some(9_000));
+    }
+}

@@ -165,11 +165,21 @@ pub fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Fu
 
 /// Sends a request and reads the whole response.
 pub async fn send(method: &str, url: &str, body: impl Into<Bytes>) -> anyhow::Result<Reply> {
-    let req = http::Request::builder()
-        .method(method)
-        .uri(url)
-        .body(Full::new(body.into()))?;
-    let res = client().request(req).await?;
+    send_with(method, url, &[], body).await
+}
+
+/// Sends a request with extra headers and reads the whole response.
+pub async fn send_with(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> anyhow::Result<Reply> {
+    let mut req = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = client().request(req.body(Full::new(body.into()))?).await?;
     let status = res.status().as_u16();
     let headers = res.headers().clone();
     let body = res.into_body().collect().await?.to_bytes();
@@ -178,6 +188,25 @@ pub async fn send(method: &str, url: &str, body: impl Into<Bytes>) -> anyhow::Re
         headers,
         body: String::from_utf8_lossy(&body).into_owned(),
     })
+}
+
+/// Calls the admin API of a host whose data dir is `data_dir`.
+pub async fn admin(
+    addr: SocketAddr,
+    data_dir: &Path,
+    method: &str,
+    path: &str,
+    body: impl Into<Bytes>,
+) -> anyhow::Result<Reply> {
+    let token = std::fs::read_to_string(data_dir.join("admin.token"))?;
+    let auth = format!("Bearer {}", token.trim());
+    send_with(
+        method,
+        &format!("http://{addr}{path}"),
+        &[("authorization", &auth)],
+        body,
+    )
+    .await
 }
 
 /// GET a URL.

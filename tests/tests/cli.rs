@@ -73,3 +73,182 @@ async fn signal_lets_in_flight_requests_finish() {
     // Nothing listens any more.
     assert!(std::net::TcpStream::connect(host.addr).is_err());
 }
+
+/// Runs `atoll-cli ARGS`, returning (success, stdout, stderr).
+fn atoll(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(bin()).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bus_commands_publish_inspect_and_replay() {
+    let (_dir, manifest) = manifest_file(
+        r#"
+[topics.jobs]
+
+[components.sink]
+source = "{bus-sink}"
+routes = ["/sink/..."]
+subscriptions = [{ topic = "jobs", max_deliver = 2, backoff = "5ms" }]
+"#,
+    );
+    let m = manifest.to_str().unwrap();
+    // No host yet: the CLI says how to start one.
+    let (ok, _, err) = atoll(&["bus", "ls", "--manifest", m]);
+    assert!(!ok);
+    assert!(err.contains("no running host"), "{err}");
+
+    let host = ChildHost::spawn(bin(), &manifest, &[]).unwrap();
+    let (ok, out, err) = atoll(&[
+        "publish",
+        "jobs",
+        "--data",
+        "hello",
+        "--id",
+        "j-1",
+        "--manifest",
+        m,
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "published j-1");
+    let (ok, out, _) = atoll(&[
+        "publish",
+        "jobs",
+        "--data",
+        "hello",
+        "--id",
+        "j-1",
+        "--manifest",
+        m,
+    ]);
+    assert!(ok);
+    assert!(out.contains("duplicate"), "{out}");
+    let (ok, _, err) = atoll(&[
+        "publish",
+        "jobs",
+        "--data",
+        "bad",
+        "--id",
+        "j-2",
+        "-H",
+        "behavior=reject",
+        "--manifest",
+        m,
+    ]);
+    assert!(ok, "{err}");
+
+    // Wait for j-2 to reach the dead letters.
+    let until = Instant::now() + Duration::from_secs(30);
+    let dlq = loop {
+        let (ok, out, err) = atoll(&["bus", "dlq", "jobs", "--manifest", m]);
+        assert!(ok, "{err}");
+        if out.contains("j-2") {
+            break out;
+        }
+        assert!(Instant::now() < until, "no dead letter: {out}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(dlq.contains("rejected: rejected by test"), "{dlq}");
+    let (ok, out, err) = atoll(&["bus", "ls", "--manifest", m]);
+    assert!(ok, "{err}");
+    assert!(out.contains("jobs") && out.contains("sink"), "{out}");
+    let (ok, out, _) = atoll(&["bus", "ls", "--json", "--manifest", m]);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["topics"][0]["subscriptions"][0]["dead_letters"], 1, "{v}");
+    assert_eq!(v["topics"][0]["duplicates"], 1, "{v}");
+
+    let (ok, out, err) = atoll(&["bus", "replay", "jobs", "--id", "j-2", "--manifest", m]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "replayed 1 message(s)");
+    assert_eq!(
+        get(&host.url("/sink/attempts"))
+            .await
+            .body
+            .contains("\"j-2\":"),
+        true
+    );
+
+    // Bad input: an undeclared topic, a wrong token, a malformed header.
+    let (ok, _, err) = atoll(&["publish", "nope", "--data", "x", "--manifest", m]);
+    assert!(!ok);
+    assert!(err.contains("topic `nope` is not declared"), "{err}");
+    let (ok, _, err) = atoll(&["bus", "ls", "--token", "wrong", "--manifest", m]);
+    assert!(!ok);
+    assert!(
+        err.contains("401") || err.to_lowercase().contains("token"),
+        "{err}"
+    );
+    let (ok, _, err) = atoll(&[
+        "publish",
+        "jobs",
+        "--data",
+        "x",
+        "-H",
+        "novalue",
+        "--manifest",
+        m,
+    ]);
+    assert!(!ok);
+    assert!(err.contains("NAME=VALUE"), "{err}");
+    drop(host);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shop_example_places_orders_through_the_outbox_and_dead_letters_declines() {
+    let data = tempfile::tempdir().unwrap();
+    let target = guest_target_dir();
+    let host = ChildHost::spawn_in(
+        bin(),
+        &repo_root(),
+        Path::new("examples/shop/atoll.toml"),
+        &["--data-dir", data.path().to_str().unwrap()],
+        &[("CARGO_TARGET_DIR", target.as_path())],
+    )
+    .unwrap();
+    let url = host.url("/orders");
+    let order = |body: &'static str| atoll_tests::send("POST", &url, body);
+    let r = order(r#"{"item":"kayak","qty":2,"amount_cents":45000}"#)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = order(r#"{"item":"yacht","qty":1,"amount_cents":9900000}"#)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = order("not json").await.unwrap();
+    assert_eq!(r.status, 400, "{}", r.body);
+
+    // Payments declines the yacht three times (max_deliver = 3), then it is a dead letter.
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = atoll_tests::admin(
+            host.admin,
+            data.path(),
+            "GET",
+            "/v1/bus/topics/order.placed/dead-letters",
+            "",
+        )
+        .await
+        .unwrap();
+        if r.body.contains("ord-2") {
+            assert!(r.body.contains("max_deliver (3) reached"), "{}", r.body);
+            break;
+        }
+        assert!(Instant::now() < until, "no dead letter: {}", r.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let payments = get(&host.url("/payments")).await.body;
+    assert!(
+        payments.contains("ord-1") && !payments.contains("ord-2"),
+        "{payments}"
+    );
+    let stock: serde_json::Value =
+        serde_json::from_str(&get(&host.url("/inventory")).await.body).unwrap();
+    assert_eq!(stock["kayak"], 98, "{stock}");
+    assert_eq!(stock["yacht"], 99, "{stock}");
+}

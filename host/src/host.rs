@@ -112,6 +112,13 @@ impl LoadedApp {
         let listener = gateway::bind(self.manifest.host.listen).await?;
         let addr = gateway::local_addr(&listener)?;
         let token = admin::load_or_create_token(&data_dir)?;
+        if !self.manifest.host.admin_listen.ip().is_loopback() {
+            // No TLS on the admin API yet: the token would cross the network in clear.
+            tracing::warn!(
+                admin_listen = %self.manifest.host.admin_listen,
+                "the admin API listens beyond loopback without TLS; its token travels in clear text"
+            );
+        }
         let admin_listener = admin::bind(self.manifest.host.admin_listen).await?;
         let admin_addr = gateway::local_addr(&admin_listener)?;
         admin::write_discovery(&data_dir, admin_addr)?;

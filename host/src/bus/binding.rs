@@ -74,7 +74,16 @@ impl BusState {
                 "one invocation may publish at most {MAX_STAGED} messages"
             )));
         }
-        let size = message.payload.len();
+        // Everything lifted from the guest counts, not just the payload.
+        let size = message.payload.len()
+            + message.topic.len()
+            + message.id.as_ref().map_or(0, String::len)
+            + message.partition_key.as_ref().map_or(0, String::len)
+            + message
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
         if self.held + size > self.max_held {
             return Err(BusError::TooLarge(format!(
                 "messages held by this invocation would exceed {} bytes (its memory limit)",
@@ -270,12 +279,13 @@ impl outbox::HostTransaction for BusView<'_> {
                 "transaction already committed".into(),
             )));
         }
-        let size = message.payload.len();
+        let before = self.state.held;
         let stored = match self.state.prepare(message) {
             Ok(s) => s,
             Err(e) => return Ok(Err(e.into())),
         };
         let id = stored.id.clone();
+        let size = self.state.held - before;
         let t = self.tx(&tx)?;
         t.bytes += size;
         t.messages.push(stored);

@@ -37,6 +37,10 @@ pub struct StoredMessage {
     pub published_at_ms: u64,
     /// Body.
     pub payload: Vec<u8>,
+    /// The host made up the id (so no publisher can repeat it, and it needs
+    /// no dedup record). Not stored.
+    #[serde(skip)]
+    pub assigned_id: bool,
 }
 
 /// Deliveries started for a pending message.
@@ -99,6 +103,20 @@ impl<'a> NewEntry<'a> {
             message,
             encoded: encode(message)?,
         })
+    }
+
+    /// The key-value pairs this entry writes: one pending entry per
+    /// subscription, and a dedup record unless the host made up the id.
+    fn writes(&self, mut write: impl FnMut(Vec<u8>, &[u8])) {
+        for sub in self.subscriptions {
+            write(entry_key(PENDING, sub, self.seq), &self.encoded);
+        }
+        if !self.message.assigned_id {
+            write(
+                dedup_key(&self.message.topic, &self.message.id),
+                &self.message.published_at_ms.to_be_bytes(),
+            );
+        }
     }
 }
 
@@ -177,13 +195,7 @@ impl Log {
     /// Adds new entries (and their dedup records) to `batch`.
     pub fn stage_entries(batch: &mut sled::Batch, entries: &[NewEntry<'_>]) {
         for e in entries {
-            for sub in e.subscriptions {
-                batch.insert(entry_key(PENDING, sub, e.seq), e.encoded.as_slice());
-            }
-            batch.insert(
-                dedup_key(&e.message.topic, &e.message.id),
-                &e.message.published_at_ms.to_be_bytes(),
-            );
+            e.writes(|k, v| batch.insert(k, v));
         }
     }
 
@@ -208,7 +220,7 @@ impl Log {
             .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)))
     }
 
-    /// Whether `key` of a transaction names a remembered id (inside a sled transaction).
+    /// When a message id was published on a topic, if it is remembered (inside a sled transaction).
     pub fn dedup_time_in(
         tree: &sled::transaction::TransactionalTree,
         topic: &str,
@@ -225,13 +237,13 @@ impl Log {
         entries: impl IntoIterator<Item = &'e NewEntry<'e>>,
     ) -> Result<(), sled::transaction::UnabortableTransactionError> {
         for e in entries {
-            for sub in e.subscriptions {
-                tree.insert(entry_key(PENDING, sub, e.seq), e.encoded.as_slice())?;
-            }
-            tree.insert(
-                dedup_key(&e.message.topic, &e.message.id),
-                &e.message.published_at_ms.to_be_bytes(),
-            )?;
+            let mut result = Ok(());
+            e.writes(|k, v| {
+                if result.is_ok() {
+                    result = tree.insert(k, v).map(drop);
+                }
+            });
+            result?;
         }
         Ok(())
     }
@@ -365,20 +377,28 @@ impl Log {
         window_ms: impl Fn(&str) -> u64,
         now_ms: u64,
     ) -> Result<usize, BusError> {
-        let mut batch = sled::Batch::default();
         let mut n = 0;
         for kv in self.tree.scan_prefix([DEDUP]) {
             let (k, v) = kv.map_err(BusError::storage)?;
-            let len = u16::from_be_bytes([k[1], k[2]]) as usize;
-            let topic = std::str::from_utf8(&k[3..3 + len]).unwrap_or("");
+            let len = k
+                .get(1..3)
+                .map_or(0, |l| u16::from_be_bytes([l[0], l[1]]) as usize);
+            let topic = k
+                .get(3..3 + len)
+                .and_then(|t| std::str::from_utf8(t).ok())
+                .unwrap_or("");
             let at = v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
             if now_ms.saturating_sub(at) > window_ms(topic) {
-                batch.remove(k);
-                n += 1;
+                // Only if unchanged: the id may have been published again since the scan.
+                self.writes.note_write();
+                let swapped = self
+                    .tree
+                    .compare_and_swap(&k, Some(&v), None as Option<&[u8]>)
+                    .map_err(BusError::storage)?;
+                if swapped.is_ok() {
+                    n += 1;
+                }
             }
-        }
-        if n > 0 {
-            self.apply(batch)?;
         }
         Ok(n)
     }
@@ -403,6 +423,7 @@ mod tests {
             headers: vec![("h".into(), "v".into())],
             published_at_ms: 1000,
             payload: b"body".to_vec(),
+            assigned_id: false,
         }
     }
 

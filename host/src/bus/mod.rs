@@ -51,6 +51,8 @@ pub const MAX_HEADERS: usize = 64;
 pub const MAX_HEADER_NAME: usize = 256;
 /// Longest header value, in bytes.
 pub const MAX_HEADER_VALUE: usize = 8 * 1024;
+/// Most bytes of header names and values on one message.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Longest message id, in bytes.
 pub const MAX_ID: usize = 256;
 /// Longest partition key, in bytes.
@@ -242,9 +244,9 @@ impl Bus {
         traceparent: Option<&str>,
     ) -> Result<StoredMessage, BusError> {
         let Some(topic) = self.topics.get(&message.topic) else {
+            let name: String = message.topic.chars().take(128).collect();
             return Err(BusError::UnknownTopic(format!(
-                "topic `{}` is not declared; declare it as `[topics.\"{}\"]` in atoll.toml",
-                message.topic, message.topic
+                "topic `{name}` is not declared; declare it as `[topics.\"{name}\"]` in atoll.toml"
             )));
         };
         if let Origin::Component(c) = origin {
@@ -269,6 +271,7 @@ impl Bus {
         {
             headers.push(("traceparent".into(), tp.to_string()));
         }
+        let assigned_id = message.id.is_none();
         let id = match message.id {
             Some(id) => {
                 check_text("message id", &id, MAX_ID)?;
@@ -286,6 +289,7 @@ impl Bus {
             headers,
             published_at_ms: now_ms(),
             payload: message.payload,
+            assigned_id,
         })
     }
 
@@ -318,7 +322,7 @@ impl Bus {
                 let seen_here = fresh
                     .iter()
                     .any(|(_, f)| f.id == m.id && f.topic == m.topic);
-                if seen_here || self.is_duplicate(&m.topic, &m.id)? {
+                if seen_here || (!m.assigned_id && self.is_duplicate(&m.topic, &m.id)?) {
                     self.topics[&m.topic]
                         .duplicates
                         .fetch_add(1, Ordering::Relaxed);
@@ -348,11 +352,60 @@ impl Bus {
             }
             (results, fresh)
         };
-        if !fresh.is_empty() {
-            self.sync().await?;
-            self.enqueue(&fresh);
+        if !results.is_empty() {
+            // Also when every message was a duplicate: the original may not
+            // be durable yet, and a duplicate must not be acknowledged first.
+            self.durably(self.enqueue(fresh)).await?;
         }
         Ok(results)
+    }
+
+    /// Waits until everything written so far is durable, then runs `then`
+    /// (which hands stored messages to their subscriptions). It runs as its
+    /// own task, started before this returns: a caller that goes away (a
+    /// client disconnecting, a guest running out of time) cannot strand
+    /// messages that are already stored. If the flush fails, the caller gets
+    /// the error and the task keeps trying, handing the messages over once a
+    /// flush succeeds (they are in the store, so they will be delivered).
+    fn durably<F: FnOnce() + Send + 'static>(
+        &self,
+        then: F,
+    ) -> impl Future<Output = Result<(), BusError>> + use<F> {
+        use crate::kv::KvBackend;
+        let storage = self.storage.clone();
+        let stop = self.stop.subscribe();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let mut tx = Some(tx);
+            let mut delay = Duration::from_millis(100);
+            loop {
+                match storage.sync().await {
+                    Ok(()) => {
+                        then();
+                        if let Some(tx) = tx.take() {
+                            let _ = tx.send(Ok(()));
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        let e = BusError::Other(format!("messages not durable: {e:#}"));
+                        tracing::error!(error = %e, "bus flush failed; retrying");
+                        if let Some(tx) = tx.take() {
+                            let _ = tx.send(Err(e));
+                        }
+                        if *stop.borrow() {
+                            return;
+                        }
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        });
+        async move {
+            rx.await
+                .unwrap_or_else(|_| Err(BusError::Other("the bus flush task stopped".into())))
+        }
     }
 
     /// Commits an outbox transaction: its key-value writes (on `kv_tree`) and
@@ -387,8 +440,9 @@ impl Bus {
                         .iter()
                         .any(|s| s.message.id == m.id && s.message.topic == m.topic);
                     let window = self.dedup_window_ms(&m.topic);
-                    let dup_before = Log::dedup_time_in(bus, &m.topic, &m.id)?
-                        .is_some_and(|at| now_ms().saturating_sub(at) <= window);
+                    let dup_before = !m.assigned_id
+                        && Log::dedup_time_in(bus, &m.topic, &m.id)?
+                            .is_some_and(|at| now_ms().saturating_sub(at) <= window);
                     if !dup_here && !dup_before {
                         stored.push(e);
                     }
@@ -417,11 +471,10 @@ impl Bus {
                 .map(|(seq, m)| (seq, m.clone()))
                 .collect::<Vec<_>>()
         };
-        self.sync().await?;
-        self.enqueue(&fresh);
-        Ok(())
+        self.durably(self.enqueue(fresh)).await
     }
 
+    /// Waits for a flush covering every write made so far.
     async fn sync(&self) -> Result<(), BusError> {
         use crate::kv::KvBackend;
         self.storage
@@ -461,12 +514,20 @@ impl Bus {
             .collect()
     }
 
-    fn enqueue(&self, fresh: &[(u64, StoredMessage)]) {
+    /// Counts stored messages and returns what hands them to their subscriptions.
+    fn enqueue(&self, fresh: Vec<(u64, StoredMessage)>) -> impl FnOnce() + Send + 'static {
+        let mut pushes = Vec::new();
         for (seq, m) in fresh {
             let topic = &self.topics[&m.topic];
             topic.published.fetch_add(1, Ordering::Relaxed);
+            let key: Option<Arc<str>> = m.key.map(Arc::from);
             for sub in &topic.subscriptions {
-                sub.push(*seq, m.key.as_deref());
+                pushes.push((sub.clone(), seq, key.clone()));
+            }
+        }
+        move || {
+            for (sub, seq, key) in pushes {
+                sub.push(seq, key);
             }
         }
     }
@@ -561,10 +622,16 @@ impl Bus {
     ) -> Result<usize, BusError> {
         let mut moved = 0;
         for sub in self.subscriptions_of(topic, subscription)? {
+            // One replay per subscription at a time: two would move the same
+            // dead letters twice.
+            let _one = sub.replay_lock.lock().await;
             let back = self.log.replay(&sub.id, ids)?;
+            if back.is_empty() {
+                continue;
+            }
             moved += back.len();
-            self.sync().await?;
-            sub.replayed(back);
+            let sub = sub.clone();
+            self.durably(move || sub.replayed(back)).await?;
         }
         Ok(moved)
     }
@@ -593,6 +660,12 @@ fn check_headers(headers: &[(String, String)]) -> Result<(), BusError> {
         return Err(BusError::TooLarge(format!(
             "{} headers; a message carries at most {MAX_HEADERS}",
             headers.len()
+        )));
+    }
+    let total: usize = headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if total > MAX_HEADER_BYTES {
+        return Err(BusError::TooLarge(format!(
+            "headers take {total} bytes; a message carries at most {MAX_HEADER_BYTES}"
         )));
     }
     for (name, value) in headers {

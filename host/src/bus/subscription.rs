@@ -38,11 +38,17 @@ pub(super) struct Subscription {
     wake: Notify,
     counters: Counters,
     next_consumer: AtomicUsize,
+    /// Held while dead letters are moved back.
+    pub replay_lock: tokio::sync::Mutex<()>,
 }
 
 /// How one delivery ended.
 enum Verdict {
     Ack,
+    /// The message was no longer pending (nothing to do).
+    Gone,
+    /// Not delivered (no consumer running): try later without using an attempt.
+    NotDelivered(String),
     /// Deliver again (after this delay, if the handler chose one); the error says why.
     Retry(Option<Duration>, String),
     /// Dead-letter now.
@@ -65,6 +71,7 @@ impl Subscription {
             wake: Notify::new(),
             counters: Counters::default(),
             next_consumer: AtomicUsize::new(0),
+            replay_lock: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -79,11 +86,11 @@ impl Subscription {
     }
 
     /// A newly stored message.
-    pub fn push(&self, seq: u64, key: Option<&str>) {
+    pub fn push(&self, seq: u64, key: Option<Arc<str>>) {
         self.queue().push(
             seq,
             Entry {
-                key: key.map(Arc::from),
+                key,
                 attempt: Attempt::default(),
             },
         );
@@ -179,13 +186,11 @@ impl Subscription {
     /// One delivery, start to finish: record the attempt, run the handler,
     /// then ack, schedule a retry or dead-letter.
     async fn deliver(self: Arc<Self>, bus: Arc<Bus>, seq: u64, mut entry: Entry) {
-        let attempt = entry.attempt.started + 1;
         let verdict = if entry.attempt.started >= self.settings.max_deliver {
             // Started max_deliver times and never finished: the host stopped mid-delivery.
             None
         } else {
-            entry.attempt.started = attempt;
-            match self.run_handler(&bus, seq, &entry.attempt).await {
+            match self.run_handler(&bus, seq, &mut entry.attempt).await {
                 Ok(v) => Some(v),
                 Err(e) => {
                     // The store failed: keep the message and try again later.
@@ -208,12 +213,18 @@ impl Subscription {
                 self.counters.acked.fetch_add(1, Ordering::Relaxed);
                 Finish::Done
             }
+            Some(Verdict::Gone) => Finish::Done,
+            Some(Verdict::NotDelivered(why)) => {
+                tracing::warn!(subscription = %self.id, seq, "{why}; will try again");
+                Finish::RetryAt(Instant::now() + self.backoff(1))
+            }
             Some(Verdict::Reject(reason)) => {
                 self.dead_letter(&bus, seq, &mut entry, format!("rejected: {reason}"))
             }
             Some(Verdict::Retry(delay, error)) => {
                 self.counters.retried.fetch_add(1, Ordering::Relaxed);
                 entry.attempt.last_error = Some(error.clone());
+                let attempt = entry.attempt.started;
                 if attempt >= self.settings.max_deliver {
                     self.dead_letter(
                         &bus,
@@ -239,6 +250,7 @@ impl Subscription {
     }
 
     fn dead_letter(&self, bus: &Bus, seq: u64, entry: &mut Entry, reason: String) -> Finish {
+        // (A failure below retries the delivery, which dead-letters it again.)
         let attempts = entry.attempt.started;
         match bus.log.dead_letter(
             &self.id,
@@ -275,19 +287,25 @@ impl Subscription {
         &self,
         bus: &Arc<Bus>,
         seq: u64,
-        attempt: &Attempt,
+        attempt: &mut Attempt,
     ) -> Result<Verdict, super::BusError> {
-        bus.log.begin_attempt(&self.id, seq, attempt)?;
         let Some(message) = bus.log.read(&self.id, seq)? else {
             // Already gone (acked by an earlier run): nothing to do.
-            return Ok(Verdict::Ack);
+            return Ok(Verdict::Gone);
         };
         let Some(rt) = self.consumer(bus) else {
-            return Ok(Verdict::Retry(
-                None,
+            return Ok(Verdict::NotDelivered(
                 "no consumer component is running".to_string(),
             ));
         };
+        attempt.started += 1;
+        bus.log.begin_attempt(&self.id, seq, attempt)?;
+        if attempt.started > 1 {
+            // A redelivery: make its count durable first, so a message that
+            // keeps killing the host still runs out of attempts. (The first
+            // delivery is not waited for; sled's timer flushes it soon.)
+            bus.sync().await?;
+        }
         self.counters.delivered.fetch_add(1, Ordering::Relaxed);
         let traceparent = message
             .headers

@@ -55,6 +55,17 @@ impl AdminArgs {
                         self.manifest.display(),
                     );
                 };
+                // A host killed with SIGKILL leaves its file behind: do not
+                // send the token to whatever listens on that port now.
+                if !std::path::Path::new(&format!("/proc/{}", found.pid)).exists() {
+                    bail!(
+                        "no running host found for {}: {} names process {}, which is not running (the host stopped without cleaning up); start it with `atoll up {}` or pass --admin and --token",
+                        self.manifest.display(),
+                        path.display(),
+                        found.pid,
+                        self.manifest.display(),
+                    );
+                }
                 (Target::from_addr(found.addr), Some(path))
             }
         };

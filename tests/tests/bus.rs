@@ -658,3 +658,55 @@ subscriptions = [{ topic = "t" }]
     drained(&h.host).await;
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_also_published_to_a_dead_letter_topic() {
+    let h = TestHost::start(
+        r#"
+[topics.jobs]
+
+[topics."jobs.dead"]
+
+[components.sink]
+source = "{bus-sink}"
+routes = ["/sink/..."]
+subscriptions = [{ topic = "jobs", max_deliver = 2, backoff = "5ms", dead_letter_topic = "jobs.dead" }]
+
+[components.morgue]
+source = "{bus-sink}"
+routes = ["/morgue/..."]
+subscriptions = [{ topic = "jobs.dead" }]
+"#,
+    )
+    .await;
+    let id = publish(&h.host, "jobs", "poison", &[("behavior", "always-retry")]).await;
+    drained(&h.host).await;
+    // It died in `jobs/sink`, stays listed there, and `morgue` handled its copy.
+    let dead = h.host.bus().dead_letters("jobs", None, 10).unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(attempts(&h, "/sink").await.get(&id), Some(&2));
+    // The copy carries the same id and behaviour, so morgue retries it until
+    // its own max_deliver (5) and it lands in `jobs.dead`'s dead letters,
+    // where its headers say why it died the first time.
+    assert_eq!(attempts(&h, "/morgue").await.get(&id), Some(&5));
+    let copy = &h.host.bus().dead_letters("jobs.dead", None, 10).unwrap()[0];
+    let header = |name: &str| {
+        copy.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(
+        header("atoll-dead-letter-reason"),
+        Some("max_deliver (2) reached")
+    );
+    assert_eq!(header("atoll-dead-letter-subscription"), Some("jobs/sink"));
+    assert_eq!(header("atoll-dead-letter-attempts"), Some("2"));
+    assert_eq!(header("atoll-original-topic"), Some("jobs"));
+    assert_eq!(
+        header("atoll-dead-letter-error"),
+        Some("handler asked to retry")
+    );
+    assert_eq!(copy.payload_preview, "poison");
+    h.stop().await;
+}

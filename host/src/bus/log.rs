@@ -291,32 +291,16 @@ impl Log {
         Ok(())
     }
 
-    /// Moves a pending message to the dead letters, atomically. Returns false
-    /// when it was no longer pending.
-    pub fn dead_letter(
-        &self,
+    /// Adds moving a pending message to the dead letters to `batch`.
+    pub fn stage_dead(
+        batch: &mut sled::Batch,
         sub: &str,
         seq: u64,
-        reason: String,
-        attempts: u32,
-        last_error: Option<String>,
-        now_ms: u64,
-    ) -> Result<bool, BusError> {
-        let Some(message) = self.read(sub, seq)? else {
-            return Ok(false);
-        };
-        let record = DeadRecord {
-            reason,
-            attempts,
-            last_error,
-            dead_at_ms: now_ms,
-            message,
-        };
-        let mut batch = sled::Batch::default();
-        Self::stage_ack(&mut batch, sub, seq);
-        batch.insert(entry_key(DEAD, sub, seq), encode(&record)?);
-        self.apply(batch)?;
-        Ok(true)
+        record: &DeadRecord,
+    ) -> Result<(), BusError> {
+        Self::stage_ack(batch, sub, seq);
+        batch.insert(entry_key(DEAD, sub, seq), encode(record)?);
+        Ok(())
     }
 
     /// Up to `limit` dead letters of a subscription, oldest first.
@@ -464,8 +448,17 @@ mod tests {
         };
         log.begin_attempt("t/a", 1, &a).unwrap();
         assert_eq!(log.load("t/a").unwrap()[0].attempt, a);
-        assert!(log.dead_letter("t/a", 1, "max".into(), 3, None, 5).unwrap());
-        assert!(!log.dead_letter("t/a", 1, "max".into(), 3, None, 5).unwrap());
+        let record = DeadRecord {
+            reason: "max".into(),
+            attempts: 3,
+            last_error: None,
+            dead_at_ms: 5,
+            message: log.read("t/a", 1).unwrap().unwrap(),
+        };
+        let mut batch = sled::Batch::default();
+        Log::stage_dead(&mut batch, "t/a", 1, &record).unwrap();
+        log.apply(batch).unwrap();
+        assert!(log.read("t/a", 1).unwrap().is_none());
         assert_eq!(log.count_dead("t/a").unwrap(), 1);
         assert_eq!(log.load("t/a").unwrap().len(), 1);
         let moved = log.replay("t/a", Some(&["nope".to_string()])).unwrap();

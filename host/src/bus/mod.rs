@@ -532,6 +532,73 @@ impl Bus {
         }
     }
 
+    /// Moves a pending message to its subscription's dead letters and, when
+    /// the subscription names a `dead_letter_topic`, publishes it there in the
+    /// same atomic batch (with `atoll-dead-letter-*` headers saying why).
+    /// Returns false when the message was no longer pending.
+    async fn dead_letter(
+        &self,
+        sub: &Subscription,
+        seq: u64,
+        reason: String,
+        attempt: &log::Attempt,
+    ) -> Result<bool, BusError> {
+        let Some(message) = self.log.read(&sub.id, seq)? else {
+            return Ok(false);
+        };
+        let forward = match sub.dead_letter_topic() {
+            Some(topic) if self.topics.contains_key(topic) => {
+                let mut headers = message.headers.clone();
+                headers.extend([
+                    ("atoll-dead-letter-reason".to_string(), reason.clone()),
+                    (
+                        "atoll-dead-letter-subscription".to_string(),
+                        sub.id.to_string(),
+                    ),
+                    (
+                        "atoll-dead-letter-attempts".to_string(),
+                        attempt.started.to_string(),
+                    ),
+                    ("atoll-original-topic".to_string(), message.topic.clone()),
+                ]);
+                if let Some(e) = &attempt.last_error {
+                    let e: String = e.chars().take(1024).collect();
+                    headers.push(("atoll-dead-letter-error".to_string(), e));
+                }
+                Some((
+                    self.log.next_seq()?,
+                    StoredMessage {
+                        topic: topic.to_string(),
+                        headers,
+                        published_at_ms: now_ms(),
+                        // Always forwarded, also when a replayed message dies again.
+                        assigned_id: true,
+                        ..message.clone()
+                    },
+                ))
+            }
+            _ => None,
+        };
+        let record = log::DeadRecord {
+            reason,
+            attempts: attempt.started,
+            last_error: attempt.last_error.clone(),
+            dead_at_ms: now_ms(),
+            message,
+        };
+        let mut batch = sled::Batch::default();
+        Log::stage_dead(&mut batch, &sub.id, seq, &record)?;
+        if let Some((fseq, m)) = &forward {
+            let entry = NewEntry::new(*fseq, &self.topics[&m.topic].sub_ids, m)?;
+            Log::stage_entries(&mut batch, std::slice::from_ref(&entry));
+        }
+        self.log.apply(batch)?;
+        if let Some(f) = forward {
+            self.durably(self.enqueue(vec![f])).await?;
+        }
+        Ok(true)
+    }
+
     /// Every topic and subscription with counters.
     pub fn overview(&self) -> Overview {
         Overview {

@@ -9,7 +9,7 @@ use tracing::Instrument;
 
 use super::log::{Attempt, PendingRef, StoredMessage};
 use super::queue::{Entry, Queue};
-use super::{Bus, SubscriptionInfo, now_ms};
+use super::{Bus, SubscriptionInfo};
 use crate::bindings::atoll::bus::types::{Disposition, Message};
 use crate::config::SubscriptionSettings;
 use crate::engine::EPOCH_TICK;
@@ -201,14 +201,15 @@ impl Subscription {
         };
         let outcome = match verdict {
             None => self.dead_letter(
-                &bus,
+                    &bus,
                 seq,
                 &mut entry,
                 format!(
                     "max_deliver ({}) reached; the last delivery did not finish (the host stopped during it)",
                     self.settings.max_deliver
                 ),
-            ),
+            )
+            .await,
             Some(Verdict::Ack) => {
                 self.counters.acked.fetch_add(1, Ordering::Relaxed);
                 Finish::Done
@@ -220,6 +221,7 @@ impl Subscription {
             }
             Some(Verdict::Reject(reason)) => {
                 self.dead_letter(&bus, seq, &mut entry, format!("rejected: {reason}"))
+                    .await
             }
             Some(Verdict::Retry(delay, error)) => {
                 self.counters.retried.fetch_add(1, Ordering::Relaxed);
@@ -232,6 +234,7 @@ impl Subscription {
                         &mut entry,
                         format!("max_deliver ({}) reached", self.settings.max_deliver),
                     )
+                    .await
                 } else {
                     let delay = delay.unwrap_or_else(|| self.backoff(attempt));
                     tracing::debug!(subscription = %self.id, seq, attempt, ?delay, %error, "will retry");
@@ -249,17 +252,18 @@ impl Subscription {
         self.wake.notify_one();
     }
 
-    fn dead_letter(&self, bus: &Bus, seq: u64, entry: &mut Entry, reason: String) -> Finish {
+    /// Where dead letters are also published, if anywhere.
+    pub fn dead_letter_topic(&self) -> Option<&str> {
+        self.settings.dead_letter_topic.as_deref()
+    }
+
+    async fn dead_letter(&self, bus: &Bus, seq: u64, entry: &mut Entry, reason: String) -> Finish {
         // (A failure below retries the delivery, which dead-letters it again.)
         let attempts = entry.attempt.started;
-        match bus.log.dead_letter(
-            &self.id,
-            seq,
-            reason.clone(),
-            attempts,
-            entry.attempt.last_error.clone(),
-            now_ms(),
-        ) {
+        match bus
+            .dead_letter(self, seq, reason.clone(), &entry.attempt)
+            .await
+        {
             Ok(moved) => {
                 if moved {
                     self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);

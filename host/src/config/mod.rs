@@ -71,6 +71,9 @@ pub struct SubscriptionSettings {
     pub backoff: Duration,
     /// Longest retry delay (`max_backoff`, default 30s).
     pub max_backoff: Duration,
+    /// A declared topic that dead letters are also published to, so a
+    /// component can handle them (`dead_letter_topic`, default none).
+    pub dead_letter_topic: Option<String>,
 }
 
 impl Default for SubscriptionSettings {
@@ -80,6 +83,7 @@ impl Default for SubscriptionSettings {
             prefetch: 16,
             backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(30),
+            dead_letter_topic: None,
         }
     }
 }
@@ -236,6 +240,7 @@ struct RawSubscription {
     backoff: Option<Duration>,
     #[serde(default, deserialize_with = "units::de_opt_duration")]
     max_backoff: Option<Duration>,
+    dead_letter_topic: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -393,6 +398,8 @@ impl Manifest {
         // members of one group cannot disagree on how it delivers.
         let mut groups: BTreeMap<(String, String), (String, SubscriptionSettings)> =
             BTreeMap::new();
+        // Dead-letter topics named, to refuse chains (a dead letter of a dead letter).
+        let mut dead_letter_topics: Vec<(String, std::ops::Range<usize>)> = Vec::new();
 
         let mut components = BTreeMap::new();
         // route -> (component, span) of its first owner, to report collisions.
@@ -485,8 +492,18 @@ impl Manifest {
                     prefetch: sub.prefetch.as_ref().map_or(d.prefetch, |v| *v.get_ref()),
                     backoff: sub.backoff.unwrap_or(d.backoff),
                     max_backoff: sub.max_backoff.unwrap_or(d.max_backoff),
+                    dead_letter_topic: sub.dead_letter_topic.as_ref().map(|t| t.get_ref().clone()),
                 };
                 let topic = sub.topic.get_ref().clone();
+                if let Some(dlt) = &sub.dead_letter_topic {
+                    if !topics.contains_key(dlt.get_ref()) {
+                        return Err(undeclared(dlt, "sends dead letters to"));
+                    }
+                    if dlt.get_ref() == &topic {
+                        return Err(src.at(dlt.span(), format!("component `{name}`: subscription to `{topic}` cannot send its dead letters to `{topic}` itself; declare a separate topic")));
+                    }
+                    dead_letter_topics.push((dlt.get_ref().clone(), dlt.span()));
+                }
                 if let Some(v) = &sub.max_deliver
                     && !(1..=1000).contains(v.get_ref())
                 {
@@ -558,6 +575,22 @@ impl Manifest {
                     subscriptions,
                 },
             );
+        }
+        for (dlt, span) in &dead_letter_topics {
+            let chained = components.values().flat_map(|c: &ComponentSpec| {
+                c.subscriptions
+                    .iter()
+                    .filter(|s| &s.topic == dlt && s.settings.dead_letter_topic.is_some())
+                    .map(move |_| c.name.clone())
+            });
+            if let Some(other) = chained.into_iter().next() {
+                return Err(src.at(
+                    span.clone(),
+                    format!(
+                        "topic `{dlt}` receives dead letters, so its own subscriptions (component `{other}`) may not set `dead_letter_topic`; dead letters of dead letters stay in `atoll bus dlq`"
+                    ),
+                ));
+            }
         }
         Ok(Manifest {
             path: None,

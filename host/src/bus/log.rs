@@ -269,6 +269,28 @@ impl Log {
         Ok(out)
     }
 
+    /// The subscriptions that have pending messages or dead letters stored
+    /// (one seek per subscription, not a scan of every message).
+    pub fn stored_subscriptions(&self) -> Result<std::collections::BTreeSet<String>, BusError> {
+        let mut names = std::collections::BTreeSet::new();
+        for kind in [PENDING, DEAD] {
+            let mut from = vec![kind];
+            while let Some(kv) = self.tree.range(from.clone()..).next() {
+                let (k, _) = kv.map_err(BusError::storage)?;
+                if k.first() != Some(&kind) || k.len() < 3 {
+                    break;
+                }
+                let len = u16::from_be_bytes([k[1], k[2]]) as usize;
+                let Some(name) = k.get(3..3 + len) else { break };
+                names.insert(String::from_utf8_lossy(name).into_owned());
+                // Past every key of this subscription: its prefix, then seq > u64::MAX.
+                from = k[..3 + len].to_vec();
+                from.extend_from_slice(&[0xff; 9]);
+            }
+        }
+        Ok(names)
+    }
+
     /// A pending message's content, if it is still pending.
     pub fn read(&self, sub: &str, seq: u64) -> Result<Option<StoredMessage>, BusError> {
         match self
@@ -469,6 +491,20 @@ mod tests {
         assert_eq!(log.count_dead("t/a").unwrap(), 0);
         let seqs: Vec<u64> = log.load("t/a").unwrap().iter().map(|p| p.seq).collect();
         assert_eq!(seqs, vec![1, 2]);
+    }
+
+    #[test]
+    fn stored_subscriptions_are_found_by_seeking() {
+        let log = log();
+        let subs: Vec<Arc<str>> = vec!["t/a".into(), "t/b".into(), "u/c".into()];
+        let mut batch = sled::Batch::default();
+        for seq in 1..50 {
+            let m = msg(&format!("m{seq}"), None);
+            Log::stage_entries(&mut batch, &[NewEntry::new(seq, &subs, &m).unwrap()]);
+        }
+        log.apply(batch).unwrap();
+        let names: Vec<String> = log.stored_subscriptions().unwrap().into_iter().collect();
+        assert_eq!(names, vec!["t/a", "t/b", "u/c"]);
     }
 
     #[test]

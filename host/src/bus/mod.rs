@@ -145,6 +145,21 @@ impl Bus {
                 },
             );
         }
+        let known: Vec<&str> = topics
+            .values()
+            .flat_map(|t: &Topic| t.sub_ids.iter().map(|s| &**s))
+            .collect();
+        for orphan in log
+            .stored_subscriptions()
+            .map_err(|e| anyhow::anyhow!("reading the bus: {e}"))?
+        {
+            if !known.contains(&orphan.as_str()) {
+                tracing::warn!(
+                    subscription = %orphan,
+                    "messages are stored for a subscription that atoll.toml no longer declares; they stay stored and are delivered if it comes back"
+                );
+            }
+        }
         let policy = TopicPolicy::new(
             manifest
                 .components

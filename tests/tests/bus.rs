@@ -40,11 +40,7 @@ async fn publish_with(host: &RunningHost, message: Outgoing) -> String {
 
 fn subscription(host: &RunningHost, id: &str) -> SubscriptionInfo {
     host.bus()
-        .overview()
-        .topics
-        .into_iter()
-        .flat_map(|t| t.subscriptions)
-        .find(|s| s.id == id)
+        .subscription(id)
         .unwrap_or_else(|| panic!("no subscription {id}"))
 }
 

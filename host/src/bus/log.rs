@@ -158,6 +158,22 @@ fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, BusError> {
     postcard::from_bytes(bytes).map_err(BusError::storage)
 }
 
+/// Writes that must land together (inserts, or removals when `None`).
+#[derive(Debug, Default)]
+pub struct Batch(Vec<(Vec<u8>, Option<Vec<u8>>)>);
+
+impl Batch {
+    /// Sets a key.
+    pub fn insert(&mut self, key: Vec<u8>, value: impl Into<Vec<u8>>) {
+        self.0.push((key, Some(value.into())));
+    }
+
+    /// Removes a key.
+    pub fn remove(&mut self, key: Vec<u8>) {
+        self.0.push((key, None));
+    }
+}
+
 /// The bus's tree in the host's sled database.
 #[derive(Clone)]
 pub struct Log {
@@ -193,22 +209,69 @@ impl Log {
     }
 
     /// Adds new entries (and their dedup records) to `batch`.
-    pub fn stage_entries(batch: &mut sled::Batch, entries: &[NewEntry<'_>]) {
+    pub fn stage_entries(batch: &mut Batch, entries: &[NewEntry<'_>]) {
         for e in entries {
             e.writes(|k, v| batch.insert(k, v));
         }
     }
 
-    /// Applies a batch atomically.
-    pub fn apply(&self, batch: sled::Batch) -> Result<(), BusError> {
+    /// Applies a batch atomically. sled 0.34's `apply_batch` takes a
+    /// process-wide exclusive lock and starts a new log buffer (one more
+    /// `sync_file_range`) every time, so the hot paths (publish, ack) use
+    /// [`Log::write_entries`] and [`Log::ack`] instead; batches are for the
+    /// rare steps (dead letter, replay).
+    pub fn apply(&self, batch: Batch) -> Result<(), BusError> {
+        if batch.0.is_empty() {
+            return Ok(());
+        }
+        let mut b = sled::Batch::default();
+        for (k, v) in batch.0 {
+            match v {
+                Some(v) => b.insert(k, v),
+                None => b.remove(k),
+            }
+        }
         self.writes.note_write();
-        self.tree.apply_batch(batch).map_err(BusError::storage)
+        self.tree.apply_batch(b).map_err(BusError::storage)
+    }
+
+    /// Writes new entries with plain inserts, in order: every subscription's
+    /// pending entry, then the dedup record. sled recovers a prefix of its
+    /// log after a crash (recovery stops at the first missing or torn
+    /// buffer), so a dedup record never survives without its entries, and
+    /// nothing here is acknowledged before the flush that covers all of it.
+    pub fn write_entries(&self, entries: &[NewEntry<'_>]) -> Result<(), BusError> {
+        for e in entries {
+            let mut result = Ok(());
+            e.writes(|k, v| {
+                if result.is_ok() {
+                    self.writes.note_write();
+                    result = self.tree.insert(k, v).map(drop);
+                }
+            });
+            result.map_err(BusError::storage)?;
+        }
+        Ok(())
     }
 
     /// Adds the removal of a handled message to `batch`.
-    pub fn stage_ack(batch: &mut sled::Batch, sub: &str, seq: u64) {
+    pub fn stage_ack(batch: &mut Batch, sub: &str, seq: u64) {
         batch.remove(entry_key(PENDING, sub, seq));
         batch.remove(entry_key(ATTEMPT, sub, seq));
+    }
+
+    /// Acknowledges a handled message with two plain removals, no batch:
+    /// the attempt record first, so a crash between the two leaves the
+    /// message pending (redelivered, its count reset), never an orphan record.
+    pub fn ack(&self, sub: &str, seq: u64) -> Result<(), BusError> {
+        self.writes.note_write();
+        self.tree
+            .remove(entry_key(ATTEMPT, sub, seq))
+            .map_err(BusError::storage)?;
+        self.tree
+            .remove(entry_key(PENDING, sub, seq))
+            .map_err(BusError::storage)?;
+        Ok(())
     }
 
     /// When a message id was published on a topic, if it is remembered.
@@ -315,7 +378,7 @@ impl Log {
 
     /// Adds moving a pending message to the dead letters to `batch`.
     pub fn stage_dead(
-        batch: &mut sled::Batch,
+        batch: &mut Batch,
         sub: &str,
         seq: u64,
         record: &DeadRecord,
@@ -355,7 +418,7 @@ impl Log {
     /// pending with a fresh attempt count. Returns what moved.
     pub fn replay(&self, sub: &str, ids: Option<&[String]>) -> Result<Vec<PendingRef>, BusError> {
         let mut moved = Vec::new();
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         for kv in self.tree.scan_prefix(prefix(DEAD, sub)) {
             let (k, v) = kv.map_err(BusError::storage)?;
             let record: DeadRecord = decode(&v)?;
@@ -363,7 +426,7 @@ impl Log {
                 continue;
             }
             let seq = seq_of(&k);
-            batch.remove(k);
+            batch.remove(k.to_vec());
             batch.insert(entry_key(PENDING, sub, seq), encode(&record.message)?);
             moved.push(PendingRef {
                 seq,
@@ -371,9 +434,7 @@ impl Log {
                 attempt: Attempt::default(),
             });
         }
-        if !moved.is_empty() {
-            self.apply(batch)?;
-        }
+        self.apply(batch)?;
         Ok(moved)
     }
 
@@ -438,12 +499,12 @@ mod tests {
         let log = log();
         let subs: Vec<Arc<str>> = vec!["t/a".into(), "t/b".into()];
         let m = msg("m1", Some("k"));
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         Log::stage_entries(&mut batch, &[NewEntry::new(7, &subs, &m).unwrap()]);
         log.apply(batch).unwrap();
         assert_eq!(log.read("t/a", 7).unwrap().unwrap(), m);
         assert_eq!(log.dedup_time("t", "m1").unwrap(), Some(1000));
-        let mut ack = sled::Batch::default();
+        let mut ack = Batch::default();
         Log::stage_ack(&mut ack, "t/a", 7);
         log.apply(ack).unwrap();
         assert!(log.read("t/a", 7).unwrap().is_none());
@@ -460,7 +521,7 @@ mod tests {
         let subs: Vec<Arc<str>> = vec!["t/a".into()];
         for (seq, id) in [(1, "x"), (2, "y")] {
             let m = msg(id, None);
-            let mut batch = sled::Batch::default();
+            let mut batch = Batch::default();
             Log::stage_entries(&mut batch, &[NewEntry::new(seq, &subs, &m).unwrap()]);
             log.apply(batch).unwrap();
         }
@@ -477,7 +538,7 @@ mod tests {
             dead_at_ms: 5,
             message: log.read("t/a", 1).unwrap().unwrap(),
         };
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         Log::stage_dead(&mut batch, "t/a", 1, &record).unwrap();
         log.apply(batch).unwrap();
         assert!(log.read("t/a", 1).unwrap().is_none());
@@ -497,7 +558,7 @@ mod tests {
     fn stored_subscriptions_are_found_by_seeking() {
         let log = log();
         let subs: Vec<Arc<str>> = vec!["t/a".into(), "t/b".into(), "u/c".into()];
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         for seq in 1..50 {
             let m = msg(&format!("m{seq}"), None);
             Log::stage_entries(&mut batch, &[NewEntry::new(seq, &subs, &m).unwrap()]);
@@ -512,7 +573,7 @@ mod tests {
         let log = log();
         let subs: Vec<Arc<str>> = vec![];
         let mut m = msg("old", None);
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         Log::stage_entries(&mut batch, &[NewEntry::new(1, &subs, &m).unwrap()]);
         m.id = "new".into();
         m.published_at_ms = 9_000;

@@ -80,7 +80,7 @@ pub struct Bus {
     topics: BTreeMap<String, Topic>,
     policy: TopicPolicy,
     /// Serializes the dedup check and insert of one id (striped by hash).
-    dedup_locks: Box<[Mutex<()>]>,
+    dedup_locks: Box<[Arc<tokio::sync::Mutex<()>>]>,
     /// Weak: the registry's components hold the bus (through their grants).
     registry: OnceLock<Weak<Registry>>,
     stop: watch::Sender<bool>,
@@ -171,7 +171,7 @@ impl Bus {
             storage,
             topics,
             policy,
-            dedup_locks: (0..64).map(|_| Mutex::new(())).collect(),
+            dedup_locks: (0..64).map(|_| Arc::default()).collect(),
             registry: OnceLock::new(),
             stop,
             tasks: Mutex::new(Vec::new()),
@@ -310,7 +310,7 @@ impl Bus {
 
     /// Publishes messages; returns once they are durable.
     pub async fn publish(
-        &self,
+        self: &Arc<Self>,
         origin: Origin<'_>,
         messages: Vec<Outgoing>,
     ) -> Result<Vec<Published>, BusError> {
@@ -323,14 +323,29 @@ impl Bus {
 
     /// Stores prepared messages (and, in the same atomic batch, the ack of
     /// the delivery that published them), waits until durable, then hands
-    /// them to their subscriptions.
+    /// them to their subscriptions. It runs as its own task: a caller that
+    /// goes away (a client disconnecting, a guest running out of time)
+    /// cannot leave messages stored but never handed over.
     pub async fn store(
+        self: &Arc<Self>,
+        messages: Vec<StoredMessage>,
+        ack: Option<(Arc<str>, u64)>,
+    ) -> Result<Vec<Published>, BusError> {
+        let bus = self.clone();
+        tokio::spawn(async move { bus.store_now(messages, ack).await })
+            .await
+            .map_err(|e| BusError::Other(format!("the publish task failed: {e}")))?
+    }
+
+    async fn store_now(
         &self,
         messages: Vec<StoredMessage>,
-        ack: Option<(&str, u64)>,
+        ack: Option<(Arc<str>, u64)>,
     ) -> Result<Vec<Published>, BusError> {
         let (results, fresh) = {
-            let _locks = self.lock_ids(&messages);
+            // Held until the batch is applied: no other publish of these ids
+            // can pass its dedup check in between.
+            let _locks = self.lock_ids(&messages).await;
             let mut results = Vec::with_capacity(messages.len());
             let mut fresh: Vec<(u64, StoredMessage)> = Vec::new();
             for m in messages {
@@ -357,20 +372,26 @@ impl Bus {
                 .iter()
                 .map(|(seq, m)| NewEntry::new(*seq, &self.topics[&m.topic].sub_ids, m))
                 .collect::<Result<Vec<_>, _>>()?;
-            let mut batch = sled::Batch::default();
-            Log::stage_entries(&mut batch, &entries);
-            if let Some((sub, seq)) = ack {
-                Log::stage_ack(&mut batch, sub, seq);
-            }
-            if !entries.is_empty() || ack.is_some() {
-                self.log.apply(batch)?;
+            // Plain writes in order: the new messages first, then the ack. A
+            // crash in between keeps the handled message pending, so it is
+            // redelivered and publishes again (dedup drops repeats that
+            // carry ids): at least once, never lost.
+            self.log.write_entries(&entries)?;
+            if let Some((sub, seq)) = &ack {
+                self.log.ack(sub, *seq)?;
             }
             (results, fresh)
         };
         if !results.is_empty() {
             // Also when every message was a duplicate: the original may not
             // be durable yet, and a duplicate must not be acknowledged first.
-            self.durably(self.enqueue(fresh)).await?;
+            let then = self.enqueue(fresh);
+            if let Err(e) = self.sync().await {
+                // Keep trying in the background; the messages are stored.
+                drop(self.durably(then));
+                return Err(e);
+            }
+            then();
         }
         Ok(results)
     }
@@ -433,8 +454,8 @@ impl Bus {
     ) -> Result<(), BusError> {
         use sled::Transactional;
         use sled::transaction::ConflictableTransactionError;
+        let _locks = self.lock_ids(&messages).await;
         let fresh = {
-            let _locks = self.lock_ids(&messages);
             let mut prepared = Vec::with_capacity(messages.len());
             for m in &messages {
                 let seq = self.log.next_seq()?;
@@ -506,11 +527,13 @@ impl Bus {
             .is_some_and(|at| now_ms().saturating_sub(at) <= window))
     }
 
-    /// Locks the dedup stripes of these messages' ids, in a fixed order.
-    fn lock_ids(&self, messages: &[StoredMessage]) -> Vec<std::sync::MutexGuard<'_, ()>> {
+    /// Locks the dedup stripes of these messages' ids, in a fixed order
+    /// (host-assigned ids need none: nobody else can publish them).
+    async fn lock_ids(&self, messages: &[StoredMessage]) -> Vec<tokio::sync::OwnedMutexGuard<()>> {
         use std::hash::{Hash, Hasher};
         let mut stripes: Vec<usize> = messages
             .iter()
+            .filter(|m| !m.assigned_id)
             .map(|m| {
                 let mut h = std::collections::hash_map::DefaultHasher::new();
                 (&m.topic, &m.id).hash(&mut h);
@@ -519,14 +542,11 @@ impl Bus {
             .collect();
         stripes.sort_unstable();
         stripes.dedup();
-        stripes
-            .into_iter()
-            .map(|i| {
-                self.dedup_locks[i]
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-            })
-            .collect()
+        let mut guards = Vec::with_capacity(stripes.len());
+        for i in stripes {
+            guards.push(self.dedup_locks[i].clone().lock_owned().await);
+        }
+        guards
     }
 
     /// Counts stored messages and returns what hands them to their subscriptions.
@@ -601,7 +621,7 @@ impl Bus {
             dead_at_ms: now_ms(),
             message,
         };
-        let mut batch = sled::Batch::default();
+        let mut batch = log::Batch::default();
         Log::stage_dead(&mut batch, &sub.id, seq, &record)?;
         if let Some((fseq, m)) = &forward {
             let entry = NewEntry::new(*fseq, &self.topics[&m.topic].sub_ids, m)?;
@@ -630,6 +650,13 @@ impl Bus {
                 })
                 .collect(),
         }
+    }
+
+    /// One subscription's state, by id (`topic/group`).
+    pub fn subscription(&self, id: &str) -> Option<SubscriptionInfo> {
+        self.subscriptions()
+            .find(|s| &*s.id == id)
+            .map(|s| s.info())
     }
 
     fn subscriptions_of(

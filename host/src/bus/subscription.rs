@@ -335,7 +335,7 @@ impl Subscription {
                     bus.sync().await?;
                 }
                 // The ack and the handler's own publishes go in one batch.
-                bus.store(staged, Some((&self.id, seq))).await?;
+                bus.store(staged, Some((self.id.clone(), seq))).await?;
                 Ok(Verdict::Ack)
             }
             other => Ok(other),

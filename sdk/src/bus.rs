@@ -156,28 +156,57 @@ impl Message {
 pub enum Disposition {
     /// Done: never deliver it to this subscription again.
     Ack,
-    /// Deliver it again later: after this long when given (in whole
+    /// Deliver it again later: after `after` when given (in whole
     /// milliseconds, rounded down), else after the subscription's backoff.
     /// After the subscription's `max_deliver` deliveries it goes to the dead
-    /// letters instead. A panic or a deadline counts as `Retry(None)`.
-    Retry(Option<Duration>),
+    /// letters instead, with `reason` as its last error. A panic or a
+    /// deadline counts as a retry. Build one with [`Disposition::retry`],
+    /// [`Disposition::retry_after`] or [`Disposition::retry_because`].
+    Retry {
+        /// How long to wait; `None` uses the subscription's backoff.
+        after: Option<Duration>,
+        /// Why, for the log and the dead letter.
+        reason: Option<String>,
+    },
     /// Never deliver it again: it goes straight to the dead letters with
     /// this reason.
     Reject(String),
 }
 
 impl Disposition {
-    /// `Retry(Some(delay))`: deliver the message again after `delay`.
+    /// Deliver the message again after the subscription's backoff.
+    pub fn retry() -> Disposition {
+        Disposition::Retry {
+            after: None,
+            reason: None,
+        }
+    }
+
+    /// Deliver the message again after `delay`.
     pub fn retry_after(delay: Duration) -> Disposition {
-        Disposition::Retry(Some(delay))
+        Disposition::Retry {
+            after: Some(delay),
+            reason: None,
+        }
+    }
+
+    /// Deliver the message again after the subscription's backoff; `reason`
+    /// is logged and becomes the dead letter's last error if this was the
+    /// last delivery.
+    pub fn retry_because(reason: impl Into<String>) -> Disposition {
+        Disposition::Retry {
+            after: None,
+            reason: Some(reason.into()),
+        }
     }
 
     fn into_wit(self) -> wit::Disposition {
         match self {
             Disposition::Ack => wit::Disposition::Ack,
-            Disposition::Retry(delay) => wit::Disposition::Retry(
-                delay.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-            ),
+            Disposition::Retry { after, reason } => wit::Disposition::Retry(wit::RetryOptions {
+                after_ms: after.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                reason,
+            }),
             Disposition::Reject(reason) => wit::Disposition::Reject(reason),
         }
     }
@@ -468,7 +497,7 @@ pub fn idempotent(message: &Message, handler: impl FnOnce(&Message) -> Dispositi
         Ok(false) => {}
         Err(err) => {
             log_failure(message, "reading", &err);
-            return Disposition::Retry(None);
+            return Disposition::retry_because(format!("reading the processed mark: {err}"));
         }
     }
     let disposition = handler(message);
@@ -476,7 +505,7 @@ pub fn idempotent(message: &Message, handler: impl FnOnce(&Message) -> Dispositi
         && let Err(err) = mark_processed(message)
     {
         log_failure(message, "writing", &err);
-        return Disposition::Retry(None);
+        return Disposition::retry_because(format!("writing the processed mark: {err}"));
     }
     disposition
 }
@@ -545,17 +574,32 @@ mod tests {
     fn dispositions_convert() {
         assert!(matches!(Disposition::Ack.into_wit(), wit::Disposition::Ack));
         assert!(matches!(
-            Disposition::Retry(None).into_wit(),
-            wit::Disposition::Retry(None)
+            Disposition::retry().into_wit(),
+            wit::Disposition::Retry(wit::RetryOptions {
+                after_ms: None,
+                reason: None
+            })
         ));
         assert!(matches!(
             Disposition::retry_after(Duration::from_micros(2_999)).into_wit(),
-            wit::Disposition::Retry(Some(2))
+            wit::Disposition::Retry(wit::RetryOptions {
+                after_ms: Some(2),
+                ..
+            })
         ));
         assert!(matches!(
             Disposition::retry_after(Duration::MAX).into_wit(),
-            wit::Disposition::Retry(Some(u64::MAX))
+            wit::Disposition::Retry(wit::RetryOptions {
+                after_ms: Some(u64::MAX),
+                ..
+            })
         ));
+        match Disposition::retry_because("busy").into_wit() {
+            wit::Disposition::Retry(wit::RetryOptions { reason, .. }) => {
+                assert_eq!(reason.as_deref(), Some("busy"))
+            }
+            other => panic!("{other:?}"),
+        }
         match Disposition::Reject("no".into()).into_wit() {
             wit::Disposition::Reject(reason) => assert_eq!(reason, "no"),
             other => panic!("{other:?}"),

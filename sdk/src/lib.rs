@@ -189,7 +189,7 @@ macro_rules! message_handler {
 /// fn on_message(msg: Message) -> Disposition {
 ///     match Store::open("default").and_then(|s| s.set("last", &msg.payload)) {
 ///         Ok(()) => Disposition::Ack,
-///         Err(_) => Disposition::Retry(None),
+///         Err(_) => Disposition::retry(),
 ///     }
 /// }
 ///

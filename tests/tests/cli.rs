@@ -232,6 +232,7 @@ async fn shop_example_places_orders_through_the_outbox_and_dead_letters_declines
         .unwrap();
         if r.body.contains("ord-2") {
             assert!(r.body.contains("max_deliver (3) reached"), "{}", r.body);
+            assert!(r.body.contains("card declined"), "{}", r.body);
             break;
         }
         assert!(Instant::now() < until, "no dead letter: {}", r.body);

@@ -37,7 +37,7 @@ fn on_message(msg: Message) -> Disposition {
         Ok(disposition) => disposition,
         Err(err) => {
             atoll_sdk::error!("bus-sink: kv failed for {}: {err}", msg.id);
-            Disposition::Retry(None)
+            Disposition::retry_because(format!("kv failed: {err}"))
         }
     }
 }
@@ -80,7 +80,7 @@ fn decide(msg: &Message) -> Disposition {
     let (name, arg) = behavior.split_once('=').unwrap_or((behavior, ""));
     let number = || arg.trim().parse::<u64>().ok();
     match (name.trim(), number()) {
-        ("fail-until", Some(n)) if u64::from(msg.attempt) < n => Disposition::Retry(None),
+        ("fail-until", Some(n)) if u64::from(msg.attempt) < n => Disposition::retry(),
         ("fail-until", Some(_)) => Disposition::Ack,
         ("retry-after", Some(ms)) if msg.attempt == 1 => {
             Disposition::retry_after(Duration::from_millis(ms))
@@ -88,7 +88,7 @@ fn decide(msg: &Message) -> Disposition {
         ("retry-after", Some(_)) => Disposition::Ack,
         ("reject", _) => Disposition::Reject("rejected by test".into()),
         ("trap", _) => panic!("trap requested by message {}", msg.id),
-        ("always-retry", _) => Disposition::Retry(None),
+        ("always-retry", _) => Disposition::retry(),
         ("sleep", Some(ms)) => {
             std::thread::sleep(Duration::from_millis(ms));
             Disposition::Ack

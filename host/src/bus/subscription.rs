@@ -398,9 +398,17 @@ impl Subscription {
         let staged = store.data_mut().bus_mut().take_staged();
         let verdict = match result {
             Ok(Disposition::Ack) => return (Verdict::Ack, staged, kv_dirty),
-            Ok(Disposition::Retry(ms)) => Verdict::Retry(
-                ms.map(|ms| Duration::from_millis(ms).min(MAX_RETRY_DELAY)),
-                "handler asked to retry".to_string(),
+            Ok(Disposition::Retry(options)) => Verdict::Retry(
+                options
+                    .after_ms
+                    .map(|ms| Duration::from_millis(ms).min(MAX_RETRY_DELAY)),
+                match options.reason {
+                    Some(reason) => format!(
+                        "handler asked to retry: {}",
+                        reason.chars().take(1024).collect::<String>()
+                    ),
+                    None => "handler asked to retry".to_string(),
+                },
             ),
             Ok(Disposition::Reject(reason)) => Verdict::Reject(reason),
             Err(e) if e.downcast_ref::<DeadlineExceeded>().is_some() => Verdict::Retry(

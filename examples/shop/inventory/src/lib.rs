@@ -34,7 +34,7 @@ fn on_message(msg: Message) -> Disposition {
         Ok(disposition) => disposition,
         Err(err) => {
             atoll_sdk::error!("updating stock for message {} failed: {err}", msg.id);
-            Disposition::Retry(None)
+            Disposition::retry_because(format!("updating stock failed: {err}"))
         }
     }
 }

@@ -50,7 +50,10 @@ fn charge(msg: &Message, order: &OrderPlaced) -> Disposition {
             order.amount_cents,
             msg.attempt
         );
-        return Disposition::Retry(None);
+        return Disposition::retry_because(format!(
+            "card declined: {} cents is over the {LIMIT_CENTS} limit",
+            order.amount_cents
+        ));
     }
     let payment = Payment {
         order_id: order.id.clone(),
@@ -65,7 +68,7 @@ fn charge(msg: &Message, order: &OrderPlaced) -> Disposition {
         }
         Err(err) => {
             atoll_sdk::error!("recording the payment of {} failed: {err}", order.id);
-            Disposition::Retry(None)
+            Disposition::retry_because(format!("recording the payment failed: {err}"))
         }
     }
 }

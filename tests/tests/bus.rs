@@ -479,6 +479,14 @@ async fn publish_policy_and_bad_messages_get_clear_errors() {
             "not a token",
         ),
         (
+            bad(
+                vec![("Atoll-Dead-Letter-Reason".into(), "x".into())],
+                None,
+                None,
+            ),
+            "reserved for the host",
+        ),
+        (
             bad(vec![("h".into(), "line\nbreak".into())], None, None),
             "control character",
         ),
@@ -681,17 +689,19 @@ subscriptions = [{ topic = "jobs.dead" }]
     let dead = h.host.bus().dead_letters("jobs", None, 10).unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(attempts(&h, "/sink").await.get(&id), Some(&2));
-    // The copy carries the same id and behaviour, so morgue retries it until
-    // its own max_deliver (5) and it lands in `jobs.dead`'s dead letters,
-    // where its headers say why it died the first time.
-    assert_eq!(attempts(&h, "/morgue").await.get(&id), Some(&5));
+    // The copy has an id of its own and the same behaviour, so morgue
+    // retries it until its own max_deliver (5) and it lands in `jobs.dead`'s
+    // dead letters, where its headers say why it died the first time.
     let copy = &h.host.bus().dead_letters("jobs.dead", None, 10).unwrap()[0];
+    assert_ne!(copy.id, id);
+    assert_eq!(attempts(&h, "/morgue").await.get(&copy.id), Some(&5));
     let header = |name: &str| {
         copy.headers
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     };
+    assert_eq!(header("atoll-original-id"), Some(id.as_str()));
     assert_eq!(
         header("atoll-dead-letter-reason"),
         Some("max_deliver (2) reached")

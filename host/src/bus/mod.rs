@@ -160,6 +160,20 @@ impl Bus {
                 );
             }
         }
+        for c in manifest.components.values() {
+            for sub in &c.subscriptions {
+                if let Some(dlt) = &sub.settings.dead_letter_topic
+                    && topics
+                        .get(dlt)
+                        .is_some_and(|t: &Topic| t.subscriptions.is_empty())
+                {
+                    tracing::warn!(
+                        topic = %dlt,
+                        "dead letters are forwarded to a topic nobody subscribes to; they stay in `atoll bus dlq` only"
+                    );
+                }
+            }
+        }
         let policy = TopicPolicy::new(
             manifest
                 .components
@@ -372,11 +386,22 @@ impl Bus {
                 .iter()
                 .map(|(seq, m)| NewEntry::new(*seq, &self.topics[&m.topic].sub_ids, m))
                 .collect::<Result<Vec<_>, _>>()?;
-            // Plain writes in order: the new messages first, then the ack. A
-            // crash in between keeps the handled message pending, so it is
+            // Messages with caller-chosen ids go in one atomic batch: a
+            // crash must not leave some of their entries without the dedup
+            // record, or a retried publish would store them twice. The rest
+            // are plain writes in order (see `Log::write_entries`), which
+            // sled's apply_batch would slow down five-fold. Then the ack: a
+            // crash before it keeps the handled message pending, so it is
             // redelivered and publishes again (dedup drops repeats that
             // carry ids): at least once, never lost.
-            self.log.write_entries(&entries)?;
+            let (keyed, plain): (Vec<_>, Vec<_>) =
+                entries.into_iter().partition(|e| !e.message.assigned_id);
+            if !keyed.is_empty() {
+                let mut batch = log::Batch::default();
+                Log::stage_entries(&mut batch, &keyed);
+                self.log.apply(batch)?;
+            }
+            self.log.write_entries(&plain)?;
             if let Some((sub, seq)) = &ack {
                 self.log.ack(sub, *seq)?;
             }
@@ -454,7 +479,7 @@ impl Bus {
     ) -> Result<(), BusError> {
         use sled::Transactional;
         use sled::transaction::ConflictableTransactionError;
-        let _locks = self.lock_ids(&messages).await;
+        let locks = self.lock_ids(&messages).await;
         let fresh = {
             let mut prepared = Vec::with_capacity(messages.len());
             for m in &messages {
@@ -507,6 +532,8 @@ impl Bus {
                 .map(|(seq, m)| (seq, m.clone()))
                 .collect::<Vec<_>>()
         };
+        // The transaction is applied: later publishes of these ids see it.
+        drop(locks);
         self.durably(self.enqueue(fresh)).await
     }
 
@@ -583,9 +610,17 @@ impl Bus {
         };
         let forward = match sub.dead_letter_topic() {
             Some(topic) if self.topics.contains_key(topic) => {
-                let mut headers = message.headers.clone();
+                // The publisher's own headers, then Atoll's (publishers may
+                // not use the `atoll-` prefix, so these cannot be spoofed).
+                let mut headers: Vec<(String, String)> = message
+                    .headers
+                    .iter()
+                    .filter(|(k, _)| !is_reserved_header(k))
+                    .cloned()
+                    .collect();
                 headers.extend([
-                    ("atoll-dead-letter-reason".to_string(), reason.clone()),
+                    ("atoll-original-id".to_string(), message.id.clone()),
+                    ("atoll-dead-letter-reason".to_string(), header_text(&reason)),
                     (
                         "atoll-dead-letter-subscription".to_string(),
                         sub.id.to_string(),
@@ -597,16 +632,18 @@ impl Bus {
                     ("atoll-original-topic".to_string(), message.topic.clone()),
                 ]);
                 if let Some(e) = &attempt.last_error {
-                    let e: String = e.chars().take(1024).collect();
-                    headers.push(("atoll-dead-letter-error".to_string(), e));
+                    headers.push(("atoll-dead-letter-error".to_string(), header_text(e)));
                 }
                 Some((
                     self.log.next_seq()?,
                     StoredMessage {
+                        // A new id: a replayed message that dies again is
+                        // forwarded again, and consumers that remember
+                        // processed ids must see a new message.
+                        id: new_id(),
                         topic: topic.to_string(),
                         headers,
                         published_at_ms: now_ms(),
-                        // Always forwarded, also when a replayed message dies again.
                         assigned_id: true,
                         ..message.clone()
                     },
@@ -764,6 +801,20 @@ fn check_text(what: &str, text: &str, max: usize) -> Result<(), BusError> {
     Ok(())
 }
 
+/// Header names under `atoll-` are Atoll's own (dead-letter metadata).
+fn is_reserved_header(name: &str) -> bool {
+    name.len() >= 6 && name[..6].eq_ignore_ascii_case("atoll-")
+}
+
+/// Text made safe for a header value: control characters become spaces, at
+/// most 1,024 characters.
+pub(crate) fn header_text(text: &str) -> String {
+    text.chars()
+        .take(1024)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
 fn check_headers(headers: &[(String, String)]) -> Result<(), BusError> {
     if headers.len() > MAX_HEADERS {
         return Err(BusError::TooLarge(format!(
@@ -783,6 +834,11 @@ fn check_headers(headers: &[(String, String)]) -> Result<(), BusError> {
             return Err(BusError::Invalid(format!(
                 "header name `{}` is not a token (letters, digits and !#$%&'*+-.^_`|~)",
                 name.escape_debug()
+            )));
+        }
+        if is_reserved_header(name) {
+            return Err(BusError::Invalid(format!(
+                "header `{name}`: names starting with `atoll-` are reserved for the host"
             )));
         }
         if name.len() > MAX_HEADER_NAME {

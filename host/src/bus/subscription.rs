@@ -220,6 +220,7 @@ impl Subscription {
                 Finish::RetryAt(Instant::now() + self.backoff(1))
             }
             Some(Verdict::Reject(reason)) => {
+                let reason = super::header_text(&reason);
                 self.dead_letter(&bus, seq, &mut entry, format!("rejected: {reason}"))
                     .await
             }

@@ -29,13 +29,13 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::bus::{Bus, BusError, Origin, Outgoing};
+use crate::gateway::listen;
 
 pub use files::{
     DISCOVERY_FILE, Discovery, TOKEN_ENV, TOKEN_FILE, discovery_path, load_or_create_token,
@@ -43,8 +43,7 @@ pub use files::{
 };
 pub use routes::{Action, ApiError, DEFAULT_LIMIT, HEADER_PREFIX, MAX_BODY, MAX_LIMIT};
 
-/// How long a client may take to send a request head.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub use crate::gateway::HEADER_READ_TIMEOUT;
 /// How long in-flight admin requests may take to finish on shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// The `WWW-Authenticate` challenge of a 401.
@@ -60,18 +59,15 @@ pub struct AdminState {
 
 /// Binds the admin listener, with an error that says what to do.
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| {
-        let hint = match e.kind() {
-            std::io::ErrorKind::AddrInUse => {
-                "the port is in use, perhaps by another atoll host; stop it or choose another port with `[host] admin_listen` in atoll.toml (127.0.0.1:0 picks a free one)"
-            }
-            std::io::ErrorKind::PermissionDenied => {
-                "ports below 1024 need privileges; choose a higher port with `[host] admin_listen`"
-            }
-            _ => "check `[host] admin_listen` in atoll.toml",
-        };
-        anyhow::anyhow!("cannot listen for the admin API on {addr}: {e}; {hint}")
-    })
+    listen::bind(
+        addr,
+        &listen::Setting {
+            what: " for the admin API",
+            key: "admin_listen",
+            flag: "--admin-listen",
+        },
+    )
+    .await
 }
 
 /// Serves the admin API until `shutdown` flips, then lets in-flight requests
@@ -79,49 +75,22 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AdminState>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(v) => v,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "admin accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let state = state.clone();
-                let service = service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(handle(state, req, peer).await) }
-                });
-                let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-                tokio::spawn(
-                    async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(error = %e, "admin connection ended with an error");
-                        }
-                    }
-                    .instrument(tracing::debug_span!("admin.connection", %peer)),
-                );
-            }
-            _ = shutdown.changed() => break,
-        }
-    }
-    drop(listener);
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("admin requests did not finish within {SHUTDOWN_GRACE:?}");
-    }
+    let span = |peer| tracing::debug_span!("admin.connection", %peer);
+    listen::accept_until(listener, shutdown, SHUTDOWN_GRACE, span, |stream, peer| {
+        let state = state.clone();
+        let service = service_fn(move |req| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(handle(state, req, peer).await) }
+        });
+        builder.serve_connection(TokioIo::new(stream), service)
+    })
+    .await;
     Ok(())
 }
 

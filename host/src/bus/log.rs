@@ -43,6 +43,16 @@ pub struct StoredMessage {
     pub assigned_id: bool,
 }
 
+/// The first fields of a [`StoredMessage`], in the same order, for reading
+/// the partition key without decoding (and copying) the payload. (postcard
+/// is not self-describing, so the skipped fields are read, not ignored.)
+#[derive(Deserialize)]
+struct StoredHead {
+    _id: String,
+    _topic: String,
+    key: Option<String>,
+}
+
 /// Deliveries started for a pending message.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attempt {
@@ -322,10 +332,12 @@ impl Log {
         for kv in self.tree.scan_prefix(prefix(PENDING, sub)) {
             let (k, v) = kv.map_err(BusError::storage)?;
             let seq = seq_of(&k);
-            let message: StoredMessage = decode(&v)?;
+            // Only the leading fields: the payload is not copied at start.
+            let (head, _rest): (StoredHead, _) =
+                postcard::take_from_bytes(&v).map_err(BusError::storage)?;
             out.push(PendingRef {
                 seq,
-                key: message.key,
+                key: head.key,
                 attempt: attempts.remove(&seq).unwrap_or_default(),
             });
         }

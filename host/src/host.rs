@@ -2,26 +2,18 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::{Context, anyhow};
-use tokio::sync::{Semaphore, watch};
-use wasmtime_wasi_config::WasiConfigVariables;
-use wasmtime_wasi_http::p2::bindings::ProxyIndices;
+use tokio::sync::watch;
 
-use crate::bindings::handler::MessageHandlerIndices;
-use crate::bus::{Bus, BusGrant};
+use crate::bus::Bus;
 use crate::config::{ComponentSpec, Manifest};
-use crate::engine::{
-    ArtifactCache, Engines, INCOMING_HANDLER, MESSAGE_HANDLER, PoolSize, load_component,
-};
+use crate::engine::{ArtifactCache, Engines, PoolSize};
 use crate::kv::{KvBackend, SledBackend};
-use crate::policy::OutboundPolicy;
-use crate::registry::{ComponentRuntime, Registry, RouteTable};
-use crate::sandbox::Grants;
-use crate::{admin, build, gateway};
+use crate::registry::{Registry, RegistryParts};
+use crate::{admin, gateway};
 
 /// A host that is serving.
 pub struct RunningHost {
@@ -72,31 +64,15 @@ impl LoadedApp {
             .collect();
         let fallback = PoolSize::for_components([(100, 64 << 20)]);
         let engines = Engines::new(pools, fallback)?;
-        let cache = ArtifactCache::new(data_dir.join("cache"));
-        let mut runtimes = Vec::new();
-        let mut routes = Vec::new();
-        for (i, spec) in specs.iter().enumerate() {
-            let grant = Arc::new(BusGrant {
-                bus: bus.clone(),
-                kv_tree: storage.tree_of(&spec.name)?,
-                max_value: spec.limits.kv_value_size as usize,
-            });
-            let rt = load_one(
-                spec,
-                &engines,
-                &cache,
-                kv.as_ref(),
-                grant,
-                i + 1,
-                specs.len(),
-            )
-            .await
-            .with_context(|| format!("component `{}` ({})", spec.name, spec.source.display()))?;
-            let rt = Arc::new(rt);
-            routes.extend(spec.routes.iter().map(|r| (r.clone(), rt.clone())));
-            runtimes.push(rt);
-        }
-        let registry = Arc::new(Registry::new(runtimes, RouteTable::new(routes)));
+        let registry = Registry::load(RegistryParts {
+            manifest: &manifest,
+            engines: &engines,
+            cache: ArtifactCache::new(data_dir.join("cache")),
+            kv: kv.clone(),
+            storage,
+            bus: bus.clone(),
+        })
+        .await?;
         Ok(LoadedApp {
             manifest,
             registry,
@@ -127,11 +103,13 @@ impl LoadedApp {
             admin_listener,
             Arc::new(admin::AdminState {
                 bus: self.bus.clone(),
+                registry: self.registry.clone(),
                 token: Arc::from(token),
             }),
             rx.clone(),
         ));
         self.bus.start(self.registry.clone());
+        tokio::spawn(self.registry.clone().watch_canaries(rx.clone()));
         let served = tokio::spawn(gateway::serve(
             listener,
             self.registry.clone(),
@@ -204,124 +182,4 @@ impl RunningHost {
         tracing::info!("stores flushed; stopped");
         Ok(())
     }
-}
-
-async fn load_one(
-    spec: &ComponentSpec,
-    engines: &Engines,
-    cache: &ArtifactCache,
-    kv: &dyn KvBackend,
-    bus: Arc<BusGrant>,
-    index: usize,
-    total: usize,
-) -> anyhow::Result<ComponentRuntime> {
-    let wasm = resolve_source(&spec.source).await?;
-    let handle = engines.get(spec.limits.stack)?;
-    tracing::info!(
-        "[{index}/{total}] loading `{}` from {}",
-        spec.name,
-        wasm.display()
-    );
-    let engine = handle.engine.clone();
-    let cache = cache.clone();
-    let path = wasm.clone();
-    let loaded = tokio::task::spawn_blocking(move || load_component(&engine, &path, Some(&cache)))
-        .await
-        .map_err(|e| anyhow!("compile task failed: {e}"))??;
-    let started = Instant::now();
-    let instance_pre = handle.linker.instantiate_pre(&loaded.component).map_err(|e| {
-        anyhow!(
-            "cannot link: {e:#}. Atoll provides wasi:http (incoming-handler, outgoing-handler), wasi:keyvalue (store, atomics, batch), wasi:config/store, wasi:logging and the wasi:cli/io/clocks/random/filesystem/sockets interfaces of WASI 0.2"
-        )
-    })?;
-    if !spec.routes.is_empty() || spec.subscriptions.is_empty() {
-        loaded.require(
-            INCOMING_HANDLER,
-            "an HTTP service must export the wasi:http proxy world's handler, e.g. with `atoll_sdk::http_handler!`",
-        )?;
-    }
-    if let Some(sub) = spec.subscriptions.first() {
-        loaded.require(
-            MESSAGE_HANDLER,
-            &format!(
-                "it subscribes to topic `{}`, so it must export a message handler, e.g. with `atoll_sdk::message_handler!`",
-                sub.topic
-            ),
-        )?;
-    }
-    let http = match loaded.exports(INCOMING_HANDLER) {
-        true => Some(
-            ProxyIndices::new(&instance_pre)
-                .map_err(anyhow::Error::from)
-                .context("linking the wasi:http proxy world")?,
-        ),
-        false => None,
-    };
-    let handler = match loaded.exports(MESSAGE_HANDLER) {
-        true => Some(
-            MessageHandlerIndices::new(&instance_pre)
-                .map_err(anyhow::Error::from)
-                .context("linking atoll:bus/handler")?,
-        ),
-        false => None,
-    };
-    tracing::info!(
-        "[{index}/{total}] `{}` ready: sha256:{} ({} in {:.0?}, linked in {:.0?})",
-        spec.name,
-        &loaded.digest[..12],
-        if loaded.cached {
-            "cached artifact"
-        } else {
-            "compiled"
-        },
-        loaded.elapsed,
-        started.elapsed(),
-    );
-    let config: WasiConfigVariables = spec
-        .config
-        .iter()
-        .chain(spec.secrets.iter())
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let name: Arc<str> = Arc::from(spec.name.as_str());
-    Ok(ComponentRuntime {
-        grants: Grants {
-            component: name.clone(),
-            namespace: kv.namespace(&spec.name)?,
-            config: Arc::new(config),
-            outbound: Arc::new(
-                OutboundPolicy::new(&spec.allowed_outbound_hosts).map_err(|e| anyhow!(e))?,
-            ),
-            memory: spec.limits.memory as usize,
-            kv_value_size: spec.limits.kv_value_size as usize,
-            bus: Some(bus),
-        },
-        name,
-        digest: loaded.digest,
-        engine: handle.engine,
-        pre: instance_pre,
-        http,
-        handler,
-        limits: spec.limits.clone(),
-        concurrency: Arc::new(Semaphore::new(spec.limits.max_concurrency as usize)),
-    })
-}
-
-/// A `source` is a .wasm file, or a crate directory to build first.
-async fn resolve_source(source: &Path) -> anyhow::Result<PathBuf> {
-    if source.is_dir() {
-        let dir = source.to_path_buf();
-        return tokio::task::spawn_blocking(move || {
-            build::build_crate(&dir, &build::BuildOptions::default())
-        })
-        .await
-        .map_err(|e| anyhow!("build task failed: {e}"))?;
-    }
-    if !source.exists() {
-        anyhow::bail!(
-            "source not found: {} does not exist; set `source` to a .wasm component or a crate directory (build one with `atoll build <crate dir>`)",
-            source.display()
-        );
-    }
-    Ok(source.to_path_buf())
 }

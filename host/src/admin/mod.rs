@@ -8,6 +8,12 @@
 //! | `GET /v1/bus` | the bus overview |
 //! | `GET /v1/bus/topics/{topic}/dead-letters?subscription=&limit=` | its dead letters |
 //! | `POST /v1/bus/topics/{topic}/replay?subscription=&id=&id=` | `{"replayed": n}` |
+//! | `GET /v1/components` | every component: versions, routes, topics, interfaces, stats, events |
+//! | `GET /v1/components/{name}` | one of them |
+//! | `POST /v1/components/{name}/versions?version=&canary=&force=` | deploy the body (a component binary); 201 with a report |
+//! | `POST /v1/components/{name}/promote` | the canary becomes active |
+//! | `POST /v1/components/{name}/rollback?to=` | drop the canary, or activate a kept version |
+//! | `DELETE /v1/components/{name}` | stop serving it, after in-flight work drains |
 //!
 //! Errors are `{"error": "..."}`. A message's headers come from the request
 //! headers `atoll-header-<name>`, plus `traceparent` and `tracestate`.
@@ -36,12 +42,13 @@ use tracing::Instrument;
 
 use crate::bus::{Bus, BusError, Origin, Outgoing};
 use crate::gateway::listen;
+use crate::registry::{ComponentView, DeployError, DeployRequest, Registry};
 
 pub use files::{
     DISCOVERY_FILE, Discovery, TOKEN_ENV, TOKEN_FILE, discovery_path, load_or_create_token,
     read_discovery, read_token, remove_discovery, write_discovery,
 };
-pub use routes::{Action, ApiError, DEFAULT_LIMIT, HEADER_PREFIX, MAX_BODY, MAX_LIMIT};
+pub use routes::{Action, ApiError, DEFAULT_LIMIT, HEADER_PREFIX, MAX_BODY, MAX_LIMIT, MAX_UPLOAD};
 
 pub use crate::gateway::HEADER_READ_TIMEOUT;
 /// How long in-flight admin requests may take to finish on shutdown.
@@ -53,6 +60,8 @@ pub const CHALLENGE: &str = "Bearer realm=\"atoll-admin\"";
 pub struct AdminState {
     /// The bus it drives.
     pub bus: Arc<Bus>,
+    /// The components it deploys.
+    pub registry: Arc<Registry>,
     /// The bearer token every request must carry.
     pub token: Arc<str>,
 }
@@ -104,7 +113,7 @@ async fn handle(
         tracing::info_span!("admin.request", method = %parts.method, path = parts.uri.path());
     async move {
         let result = match routes::parse(&parts.method, &parts.uri, &parts.headers, &state.token) {
-            Ok(action) => execute(&state.bus, action, body).await,
+            Ok(action) => execute(&state, action, body).await,
             Err(e) => Err(e),
         };
         match result {
@@ -126,18 +135,68 @@ async fn handle(
 }
 
 async fn execute(
-    bus: &Arc<Bus>,
+    state: &AdminState,
     action: Action,
     body: Incoming,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
+    let bus = &state.bus;
+    let registry = &state.registry;
     match action {
+        Action::Components => json(StatusCode::OK, &registry.view()),
+        Action::Component(name) => match registry.service(&name) {
+            Some(service) => json(StatusCode::OK, &ComponentView::of(service, registry)),
+            None => Err(deploy_error(DeployError::UnknownComponent(
+                name,
+                registry
+                    .services()
+                    .map(|s| s.name().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ))),
+        },
+        Action::Deploy {
+            name,
+            version,
+            canary,
+            force,
+        } => {
+            let bytes = read_body(body, MAX_UPLOAD, routes::upload_too_large).await?;
+            let request = DeployRequest {
+                version,
+                canary,
+                force,
+                origin: crate::registry::Origin::Deploy,
+            };
+            let report = registry
+                .deploy(&name, bytes, request)
+                .await
+                .map_err(deploy_error)?;
+            let status = if report.unchanged {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            };
+            json(status, &report)
+        }
+        Action::Promote(name) => json(
+            StatusCode::OK,
+            &registry.promote(&name).await.map_err(deploy_error)?,
+        ),
+        Action::Rollback { name, to } => json(
+            StatusCode::OK,
+            &registry.rollback(&name, to).await.map_err(deploy_error)?,
+        ),
+        Action::Remove(name) => json(
+            StatusCode::OK,
+            &registry.remove(&name).await.map_err(deploy_error)?,
+        ),
         Action::Publish {
             topic,
             id,
             key,
             headers,
         } => {
-            let payload = read_body(body).await?;
+            let payload = read_body(body, MAX_BODY, routes::too_large).await?;
             let message = Outgoing {
                 topic: topic.clone(),
                 payload,
@@ -211,16 +270,24 @@ async fn execute(
     }
 }
 
-/// The request body, at most [`MAX_BODY`] bytes.
-async fn read_body(body: Incoming) -> Result<Vec<u8>, ApiError> {
-    match Limited::new(body, MAX_BODY as usize).collect().await {
+/// The request body, at most `limit` bytes (else `too_large()`).
+async fn read_body(
+    body: Incoming,
+    limit: u64,
+    too_large: fn() -> ApiError,
+) -> Result<Vec<u8>, ApiError> {
+    match Limited::new(body, limit as usize).collect().await {
         Ok(collected) => Ok(collected.to_bytes().to_vec()),
-        Err(e) if e.is::<LengthLimitError>() => Err(routes::too_large()),
+        Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
         Err(e) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("reading the request body failed: {e}"),
         )),
     }
+}
+
+fn deploy_error(e: DeployError) -> ApiError {
+    ApiError::new(e.status(), e.to_string())
 }
 
 fn bus_error(e: BusError) -> ApiError {

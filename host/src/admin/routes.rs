@@ -17,6 +17,8 @@ pub const HEADER_PREFIX: &str = "atoll-header-";
 pub const DEFAULT_LIMIT: usize = 100;
 /// Most dead letters one request lists.
 pub const MAX_LIMIT: usize = 10_000;
+/// Largest component binary a deploy uploads.
+pub const MAX_UPLOAD: u64 = 256 << 20;
 
 /// What a request asks for, with its parameters checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +54,32 @@ pub enum Action {
         /// Only these messages, or all.
         ids: Option<Vec<String>>,
     },
+    /// `GET /v1/components`: every component, its versions and stats.
+    Components,
+    /// `GET /v1/components/{name}`.
+    Component(String),
+    /// `POST /v1/components/{name}/versions?version=&canary=&force=`: the body is the binary.
+    Deploy {
+        /// Component name.
+        name: String,
+        /// The new version.
+        version: semver::Version,
+        /// Percent of traffic for a canary.
+        canary: Option<u8>,
+        /// Allow a downgrade or replacing a version's bytes.
+        force: bool,
+    },
+    /// `POST /v1/components/{name}/promote`.
+    Promote(String),
+    /// `POST /v1/components/{name}/rollback?to=`.
+    Rollback {
+        /// Component name.
+        name: String,
+        /// A kept version, or (without) the canary / the version before the active one.
+        to: Option<semver::Version>,
+    },
+    /// `DELETE /v1/components/{name}`.
+    Remove(String),
 }
 
 /// A request the admin API refuses, with the status and what to tell the client.
@@ -89,7 +117,7 @@ pub fn parse(
 ) -> Result<Action, ApiError> {
     authorize(headers, token)?;
     let (route, allow) = route(uri.path())?;
-    if method.as_str() != allow {
+    if !allow.split(", ").any(|m| m == method.as_str()) {
         return Err(ApiError {
             status: StatusCode::METHOD_NOT_ALLOWED,
             message: format!("{method} is not allowed here; use {allow}"),
@@ -136,6 +164,74 @@ pub fn parse(
                 limit,
             })
         }
+        Route::Components => {
+            query.only(&[])?;
+            Ok(Action::Components)
+        }
+        Route::Component(name) if method == Method::DELETE => {
+            query.only(&[])?;
+            Ok(Action::Remove(name))
+        }
+        Route::Component(name) => {
+            query.only(&[])?;
+            Ok(Action::Component(name))
+        }
+        Route::Deploy(name) => {
+            query.only(&["version", "canary", "force"])?;
+            let Some(version) = query.single("version")? else {
+                return Err(ApiError::bad_request(
+                    "query parameter `version` is missing; give the new version's semver, e.g. `?version=1.3.0`",
+                ));
+            };
+            let version = parse_version(&version)?;
+            let canary = match query.single("canary")? {
+                None => None,
+                Some(p) => match p.parse::<u8>() {
+                    Ok(p) if (1..=99).contains(&p) => Some(p),
+                    _ => {
+                        return Err(ApiError::bad_request(format!(
+                            "query parameter `canary` = `{p}` is not valid; give a percent of traffic from 1 to 99"
+                        )));
+                    }
+                },
+            };
+            let force = match query.single("force")?.as_deref() {
+                None | Some("false") => false,
+                Some("true") => true,
+                Some(f) => {
+                    return Err(ApiError::bad_request(format!(
+                        "query parameter `force` = `{f}` is not valid; give `true` or `false`"
+                    )));
+                }
+            };
+            if let Some(len) = headers.get(header::CONTENT_LENGTH)
+                && let Some(len) = len.to_str().ok().and_then(|l| l.parse::<u64>().ok())
+                && len > MAX_UPLOAD
+            {
+                return Err(upload_too_large());
+            }
+            Ok(Action::Deploy {
+                name,
+                version,
+                canary,
+                force,
+            })
+        }
+        Route::Promote(name) => {
+            query.only(&[])?;
+            Ok(Action::Promote(name))
+        }
+        Route::Rollback(name) => {
+            query.only(&["to"])?;
+            Ok(Action::Rollback {
+                name,
+                to: query
+                    .single("to")?
+                    .as_deref()
+                    .map(parse_version)
+                    .transpose()?,
+            })
+        }
         Route::Replay(topic) => {
             query.only(&["subscription", "id"])?;
             let ids = query.all("id")?;
@@ -157,6 +253,25 @@ pub fn too_large() -> ApiError {
             MAX_BODY >> 20
         ),
     )
+}
+
+/// The 413 for a component over [`MAX_UPLOAD`].
+pub fn upload_too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "the component is larger than {} MiB, the most a deploy accepts",
+            MAX_UPLOAD >> 20
+        ),
+    )
+}
+
+fn parse_version(v: &str) -> Result<semver::Version, ApiError> {
+    v.parse().map_err(|e| {
+        ApiError::bad_request(format!(
+            "version `{v}` is not semver ({e}); write it like `1.3.0`"
+        ))
+    })
 }
 
 fn authorize(headers: &HeaderMap, token: &str) -> Result<(), ApiError> {
@@ -193,9 +308,14 @@ enum Route {
     Overview,
     DeadLetters(String),
     Replay(String),
+    Components,
+    Component(String),
+    Deploy(String),
+    Promote(String),
+    Rollback(String),
 }
 
-/// The route of a path and the one method it takes.
+/// The route of a path and the methods it takes (`"GET, DELETE"`).
 fn route(path: &str) -> Result<(Route, &'static str), ApiError> {
     let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
     let topic = |s: &str| -> Result<String, ApiError> {
@@ -203,6 +323,12 @@ fn route(path: &str) -> Result<(Route, &'static str), ApiError> {
             .decode_utf8()
             .map(Cow::into_owned)
             .map_err(|_| ApiError::bad_request("the topic in the path is not valid UTF-8"))
+    };
+    let component = |s: &str| -> Result<String, ApiError> {
+        percent_decode_str(s)
+            .decode_utf8()
+            .map(Cow::into_owned)
+            .map_err(|_| ApiError::bad_request("the component name in the path is not valid UTF-8"))
     };
     match segments.as_slice() {
         ["v1", "topics", t, "messages"] if !t.is_empty() => Ok((Route::Publish(topic(t)?), "POST")),
@@ -213,10 +339,23 @@ fn route(path: &str) -> Result<(Route, &'static str), ApiError> {
         ["v1", "bus", "topics", t, "replay"] if !t.is_empty() => {
             Ok((Route::Replay(topic(t)?), "POST"))
         }
+        ["v1", "components"] => Ok((Route::Components, "GET")),
+        ["v1", "components", c] if !c.is_empty() => {
+            Ok((Route::Component(component(c)?), "GET, DELETE"))
+        }
+        ["v1", "components", c, "versions"] if !c.is_empty() => {
+            Ok((Route::Deploy(component(c)?), "POST"))
+        }
+        ["v1", "components", c, "promote"] if !c.is_empty() => {
+            Ok((Route::Promote(component(c)?), "POST"))
+        }
+        ["v1", "components", c, "rollback"] if !c.is_empty() => {
+            Ok((Route::Rollback(component(c)?), "POST"))
+        }
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!(
-                "no such endpoint: {path}; the admin API has POST /v1/topics/{{topic}}/messages, GET /v1/bus, GET /v1/bus/topics/{{topic}}/dead-letters and POST /v1/bus/topics/{{topic}}/replay"
+                "no such endpoint: {path}; the admin API has POST /v1/topics/{{topic}}/messages, GET /v1/bus, GET /v1/bus/topics/{{topic}}/dead-letters, POST /v1/bus/topics/{{topic}}/replay, GET /v1/components, GET|DELETE /v1/components/{{name}}, POST /v1/components/{{name}}/versions, POST /v1/components/{{name}}/promote and POST /v1/components/{{name}}/rollback"
             ),
         )),
     }

@@ -369,6 +369,7 @@ impl Subscription {
                 false,
             );
         };
+        let _in_flight = rt.stats.enter();
         let deadline = Instant::now() + rt.limits.deadline;
         let mut store = sandbox::new_store(&rt.engine, &rt.grants, deadline);
         store.data_mut().bus_mut().traceparent = traceparent;
@@ -395,6 +396,9 @@ impl Subscription {
             Ok(r) => r,
             Err(_) => Err(wasmtime::Error::new(DeadlineExceeded)),
         };
+        // A trap or a deadline counts against the version (a canary is
+        // judged by it); a handler's own retry or reject does not.
+        rt.stats.record(result.is_err());
         let kv_dirty = store.data().kv_dirty();
         let staged = store.data_mut().bus_mut().take_staged();
         let verdict = match result {

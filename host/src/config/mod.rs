@@ -100,6 +100,29 @@ pub struct HostSettings {
     pub shutdown_grace: Duration,
     /// Admin API listen address (`admin_listen`, default 127.0.0.1:8081; port 0 picks a free port).
     pub admin_listen: SocketAddr,
+    /// Versions of each component kept for rollback (`keep_versions`, default 5).
+    pub keep_versions: usize,
+}
+
+/// `[components.NAME.canary]`: when a canary is rolled back on its own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CanaryPolicy {
+    /// Error rate (0 to 1) above which the canary is rolled back (`max_error_rate`, default 0.1).
+    pub max_error_rate: f64,
+    /// The window the error rate is measured over (`window`, default 30s, at most 5m).
+    pub window: Duration,
+    /// Requests and deliveries in the window before the rate counts (`min_requests`, default 20).
+    pub min_requests: u64,
+}
+
+impl Default for CanaryPolicy {
+    fn default() -> Self {
+        CanaryPolicy {
+            max_error_rate: 0.1,
+            window: Duration::from_secs(30),
+            min_requests: 20,
+        }
+    }
 }
 
 /// `[components.NAME]`: one service.
@@ -124,6 +147,14 @@ pub struct ComponentSpec {
     pub publishes: Vec<String>,
     /// Topics it handles messages of (`subscriptions`).
     pub subscriptions: Vec<SubscriptionSpec>,
+    /// The version of `source` (`version`, semver; default the crate's
+    /// `package.version` for a crate directory, else 0.0.0).
+    pub version: Option<semver::Version>,
+    /// A path the host GETs on a new version before it takes traffic
+    /// (`health`); it must answer 2xx.
+    pub health: Option<String>,
+    /// When a canary is rolled back automatically.
+    pub canary: CanaryPolicy,
 }
 
 /// A route pattern.
@@ -251,6 +282,16 @@ struct RawHost {
     #[serde(default, deserialize_with = "units::de_opt_duration")]
     shutdown_grace: Option<Duration>,
     admin_listen: Option<Spanned<String>>,
+    keep_versions: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCanary {
+    max_error_rate: Option<Spanned<f64>>,
+    #[serde(default, deserialize_with = "units::de_opt_duration")]
+    window: Option<Duration>,
+    min_requests: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -271,6 +312,10 @@ struct RawComponent {
     publishes: Vec<Spanned<String>>,
     #[serde(default)]
     subscriptions: Vec<RawSubscription>,
+    version: Option<Spanned<String>>,
+    health: Option<Spanned<String>>,
+    #[serde(default)]
+    canary: RawCanary,
 }
 
 #[derive(Deserialize, Default)]
@@ -368,6 +413,16 @@ impl Manifest {
             data_dir: base_dir.join(raw.host.data_dir.as_deref().unwrap_or(".atoll")),
             shutdown_grace: raw.host.shutdown_grace.unwrap_or(Duration::from_secs(30)),
             admin_listen: address("admin_listen", &raw.host.admin_listen, DEFAULT_ADMIN_LISTEN)?,
+            keep_versions: match &raw.host.keep_versions {
+                None => 5,
+                Some(k) if (1..=100).contains(k.get_ref()) => *k.get_ref() as usize,
+                Some(k) => {
+                    return Err(src.at(
+                        k.span(),
+                        "`keep_versions` must be between 1 and 100 (versions of each component kept for rollback)",
+                    ));
+                }
+            },
         };
 
         let mut topics = BTreeMap::new();
@@ -546,6 +601,60 @@ impl Manifest {
                     settings,
                 });
             }
+            let version = match &raw.version {
+                None => None,
+                Some(v) => Some(semver::Version::parse(v.get_ref()).map_err(|e| {
+                    src.at(
+                        v.span(),
+                        format!(
+                            "component `{name}`: version `{}` is not semver ({e}); write it like `1.2.0`",
+                            v.get_ref()
+                        ),
+                    )
+                })?),
+            };
+            let health = match &raw.health {
+                None => None,
+                Some(h)
+                    if h.get_ref().starts_with('/')
+                        && !h.get_ref().contains(char::is_whitespace) =>
+                {
+                    Some(h.get_ref().clone())
+                }
+                Some(h) => {
+                    return Err(src.at(
+                        h.span(),
+                        format!(
+                            "component `{name}`: health `{}` is not a path; write it like `/healthz`",
+                            h.get_ref()
+                        ),
+                    ));
+                }
+            };
+            let d = CanaryPolicy::default();
+            let canary = CanaryPolicy {
+                max_error_rate: raw
+                    .canary
+                    .max_error_rate
+                    .as_ref()
+                    .map_or(d.max_error_rate, |r| *r.get_ref()),
+                window: raw.canary.window.unwrap_or(d.window),
+                min_requests: raw.canary.min_requests.unwrap_or(d.min_requests),
+            };
+            if let Some(r) = &raw.canary.max_error_rate
+                && !(0.0..=1.0).contains(r.get_ref())
+            {
+                return Err(src.at(
+                    r.span(),
+                    format!("component `{name}`: canary.max_error_rate must be between 0 and 1 (0.1 is 10%)"),
+                ));
+            }
+            if canary.window < Duration::from_secs(1) || canary.window > crate::registry::MAX_WINDOW
+            {
+                return Err(src.whole(format!(
+                    "component `{name}`: canary.window must be between 1s and 5m"
+                )));
+            }
             let mut secrets = BTreeMap::new();
             for (key, secret) in raw.secrets {
                 let value = resolve_secret(&name, key.get_ref(), &secret, base_dir)
@@ -573,6 +682,9 @@ impl Manifest {
                     secrets,
                     publishes,
                     subscriptions,
+                    version,
+                    health,
+                    canary,
                 },
             );
         }

@@ -22,6 +22,7 @@ use crate::sandbox::{self, InstanceState};
 pub use cache::ArtifactCache;
 pub use component::{
     INCOMING_HANDLER, LoadedComponent, MESSAGE_HANDLER, check_component_bytes, load_component,
+    load_component_bytes,
 };
 
 /// How often epochs advance: a looping guest is stopped at most this long after

@@ -136,16 +136,30 @@ impl Gateway {
             path = %path,
             %peer,
             component = tracing::field::Empty,
+            version = tracing::field::Empty,
             status = tracing::field::Empty,
         );
         async move {
-            let rt = self.registry.routes().lookup(&path).cloned();
-            let res = match rt {
+            let res = match self.registry.routes().lookup(&path) {
                 None => text_response(StatusCode::NOT_FOUND, format!("atoll: no route for {path}")),
-                Some(rt) => {
-                    tracing::Span::current().record("component", &*rt.name);
-                    self.invoke(rt, req).await
-                }
+                Some(service) => match service.pick() {
+                    Some(rt) => {
+                        let span = tracing::Span::current();
+                        span.record("component", &*rt.name);
+                        span.record("version", tracing::field::display(&rt.version));
+                        let res = invoke(rt.clone(), self.kv.clone(), req).await;
+                        // (A failure after the head is sent is not counted here.)
+                        rt.stats.record(res.status().is_server_error());
+                        res
+                    }
+                    None => text_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "atoll: component `{}` is removed; `atoll deploy` or `atoll rollback` brings it back",
+                            service.name()
+                        ),
+                    ),
+                },
             };
             tracing::Span::current().record("status", res.status().as_u16());
             res
@@ -153,54 +167,95 @@ impl Gateway {
         .instrument(span)
         .await
     }
+}
 
-    async fn invoke(
-        &self,
-        rt: Arc<ComponentRuntime>,
-        req: http::Request<Incoming>,
-    ) -> Response<GatewayBody> {
-        let Ok(permit) = rt.concurrency.clone().try_acquire_owned() else {
-            tracing::warn!(component = %rt.name, limit = rt.limits.max_concurrency, "concurrency limit reached");
-            let mut res = text_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "atoll: component `{}` is at its concurrency limit ({}); retry shortly",
-                    rt.name, rt.limits.max_concurrency
-                ),
-            );
-            res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return res;
-        };
-        let head_only = req.method() == Method::HEAD;
-        let deadline = Instant::now() + rt.limits.deadline;
-        let mut store = sandbox::new_store(&rt.engine, &rt.grants, deadline);
-        // Messages this request publishes carry its trace context.
-        store.data_mut().bus_mut().traceparent = req
-            .headers()
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let (head_tx, head_rx) = oneshot::channel();
-        let resources = (|| {
-            let mut http = store.data_mut().http();
-            let req = http.new_incoming_request(Scheme::Http, req)?;
-            let out = http.new_response_outparam(head_tx)?;
-            anyhow::Ok((req, out))
-        })();
-        let (req, out) = match resources {
-            Ok(v) => v,
-            Err(e) => {
-                return text_response(StatusCode::BAD_REQUEST, format!("atoll: bad request: {e}"));
+/// GETs `path` on one version directly (no socket, no route): its status and
+/// up to 1 KiB of its body. Health checks use it before a version takes traffic.
+pub async fn probe(
+    rt: Arc<ComponentRuntime>,
+    kv: Arc<dyn KvBackend>,
+    path: &str,
+) -> Result<(u16, String), String> {
+    let req = http::Request::get(format!("http://localhost{path}"))
+        .header(header::HOST, "localhost")
+        .header(header::USER_AGENT, "atoll-health-check")
+        .body(Empty::<Bytes>::new());
+    let req = req.map_err(|e| format!("bad health path: {e}"))?;
+    let res = invoke(rt, kv, req).await;
+    let status = res.status().as_u16();
+    // The first KiB of the body (frame by frame: `Limited` would box errors).
+    let mut body = res.into_body();
+    let mut text = Vec::new();
+    while text.len() < 1024 {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    text.extend_from_slice(data);
+                }
             }
-        };
+            Some(Err(e)) => {
+                text.extend_from_slice(format!(" (body failed: {e})").as_bytes());
+                break;
+            }
+            None => break,
+        }
+    }
+    text.truncate(1024);
+    Ok((status, String::from_utf8_lossy(&text).into_owned()))
+}
 
-        let kv = self.kv.clone();
-        let runtime = rt.clone();
-        let name = rt.name.clone();
-        let invocation = async move {
+/// Runs one request on one version in a fresh instance.
+async fn invoke<B>(
+    rt: Arc<ComponentRuntime>,
+    kv: Arc<dyn KvBackend>,
+    req: http::Request<B>,
+) -> Response<GatewayBody>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    let Ok(permit) = rt.concurrency.clone().try_acquire_owned() else {
+        tracing::warn!(component = %rt.name, limit = rt.limits.max_concurrency, "concurrency limit reached");
+        let mut res = text_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "atoll: component `{}` is at its concurrency limit ({}); retry shortly",
+                rt.name, rt.limits.max_concurrency
+            ),
+        );
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return res;
+    };
+    let head_only = req.method() == Method::HEAD;
+    let deadline = Instant::now() + rt.limits.deadline;
+    let mut store = sandbox::new_store(&rt.engine, &rt.grants, deadline);
+    // Messages this request publishes carry its trace context.
+    store.data_mut().bus_mut().traceparent = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let (head_tx, head_rx) = oneshot::channel();
+    let resources = (|| {
+        let mut http = store.data_mut().http();
+        let req = http.new_incoming_request(Scheme::Http, req)?;
+        let out = http.new_response_outparam(head_tx)?;
+        anyhow::Ok((req, out))
+    })();
+    let (req, out) = match resources {
+        Ok(v) => v,
+        Err(e) => {
+            return text_response(StatusCode::BAD_REQUEST, format!("atoll: bad request: {e}"));
+        }
+    };
+
+    let runtime = rt.clone();
+    let name = rt.name.clone();
+    let invocation = async move {
             let _permit = permit;
             let rt = runtime;
+            let _in_flight = rt.stats.enter();
             let run = async {
                 let instance = rt.pre.instantiate_async(&mut store).await?;
                 let proxy = rt
@@ -246,70 +301,69 @@ impl Gateway {
         }
         .instrument(tracing::debug_span!("component.invoke", component = %rt.name));
 
-        // Fast path: poll the invocation once, right here. Most guests set
-        // their response, write it and return within that one poll, and then
-        // no task is spawned and nothing hops threads. Otherwise the rest runs
-        // as its own task: on the clock (its deadline does not depend on the
-        // client reading), and to completion even if the client goes away, as
-        // in `wasmtime serve` (a handler is never cut off between two writes).
-        let mut invocation: Pin<Box<dyn Future<Output = Outcome> + Send>> = Box::pin(invocation);
-        let run = match futures_poll_once(invocation.as_mut()).await {
-            Poll::Ready(outcome) => Run::Done(outcome),
-            Poll::Pending => Run::Running(tokio::spawn(invocation)),
-        };
-        let mut head_rx = head_rx;
-        let (head, run) = match run {
-            Run::Done(outcome) => (head_rx.try_recv().ok(), Run::Done(outcome)),
-            Run::Running(mut task) => tokio::select! {
-                biased;
-                head = &mut head_rx => (head.ok(), Run::Running(task)),
-                joined = &mut task => (head_rx.try_recv().ok(), Run::Done(Outcome::joined(joined))),
-            },
-        };
+    // Fast path: poll the invocation once, right here. Most guests set
+    // their response, write it and return within that one poll, and then
+    // no task is spawned and nothing hops threads. Otherwise the rest runs
+    // as its own task: on the clock (its deadline does not depend on the
+    // client reading), and to completion even if the client goes away, as
+    // in `wasmtime serve` (a handler is never cut off between two writes).
+    let mut invocation: Pin<Box<dyn Future<Output = Outcome> + Send>> = Box::pin(invocation);
+    let run = match futures_poll_once(invocation.as_mut()).await {
+        Poll::Ready(outcome) => Run::Done(outcome),
+        Poll::Pending => Run::Running(tokio::spawn(invocation)),
+    };
+    let mut head_rx = head_rx;
+    let (head, run) = match run {
+        Run::Done(outcome) => (head_rx.try_recv().ok(), Run::Done(outcome)),
+        Run::Running(mut task) => tokio::select! {
+            biased;
+            head = &mut head_rx => (head.ok(), Run::Running(task)),
+            joined = &mut task => (head_rx.try_recv().ok(), Run::Done(Outcome::joined(joined))),
+        },
+    };
 
-        match head {
-            Some(Ok(res)) => {
-                let (parts, body) = res.into_parts();
-                if is_bodyless(head_only, &parts) {
-                    // The head alone completes this response, so it waits for
-                    // the invocation to end well. The guest may write a body
-                    // even for HEAD: read and discard it meanwhile, so the
-                    // guest neither blocks on it nor sees its writes fail.
-                    let drain = async move {
-                        let mut body = body;
-                        while let Some(Ok(_)) = body.frame().await {}
-                    };
-                    let (outcome, ()) = tokio::join!(run.finish(), drain);
-                    if outcome.result.is_err() {
-                        return failure_response(&rt, outcome);
-                    }
-                    return match outcome.finished() {
-                        Ok(()) => Response::from_parts(
-                            parts,
-                            Empty::new().map_err(|e| match e {}).boxed_unsync(),
-                        ),
-                        Err(why) => storage_failure(&rt, &why),
-                    };
+    match head {
+        Some(Ok(res)) => {
+            let (parts, body) = res.into_parts();
+            if is_bodyless(head_only, &parts) {
+                // The head alone completes this response, so it waits for
+                // the invocation to end well. The guest may write a body
+                // even for HEAD: read and discard it meanwhile, so the
+                // guest neither blocks on it nor sees its writes fail.
+                let drain = async move {
+                    let mut body = body;
+                    while let Some(Ok(_)) = body.frame().await {}
+                };
+                let (outcome, ()) = tokio::join!(run.finish(), drain);
+                if outcome.result.is_err() {
+                    return failure_response(&rt, outcome);
                 }
-                let length = content_length(&parts.headers);
-                let finished: Finished = Box::pin(async move { run.finish().await.finished() });
-                Response::from_parts(
-                    parts,
-                    DurableBody::new(body, length, finished).boxed_unsync(),
-                )
+                return match outcome.finished() {
+                    Ok(()) => Response::from_parts(
+                        parts,
+                        Empty::new().map_err(|e| match e {}).boxed_unsync(),
+                    ),
+                    Err(why) => storage_failure(&rt, &why),
+                };
             }
-            Some(Err(code)) => {
-                // Still wait: writes made before the error must not be lost silently.
-                run.finish().await;
-                tracing::warn!(component = %rt.name, error = ?code, "component responded with an error");
-                text_response(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("atoll: component `{}` failed: {code:?}", rt.name),
-                )
-            }
-            // The outparam was dropped unset: the invocation ended without a response.
-            None => failure_response(&rt, run.finish().await),
+            let length = content_length(&parts.headers);
+            let finished: Finished = Box::pin(async move { run.finish().await.finished() });
+            Response::from_parts(
+                parts,
+                DurableBody::new(body, length, finished).boxed_unsync(),
+            )
         }
+        Some(Err(code)) => {
+            // Still wait: writes made before the error must not be lost silently.
+            run.finish().await;
+            tracing::warn!(component = %rt.name, error = ?code, "component responded with an error");
+            text_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("atoll: component `{}` failed: {code:?}", rt.name),
+            )
+        }
+        // The outparam was dropped unset: the invocation ended without a response.
+        None => failure_response(&rt, run.finish().await),
     }
 }
 

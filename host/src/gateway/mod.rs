@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use crate::kv::KvBackend;
 use crate::registry::Registry;
 
-pub use dispatch::{Gateway, text_response};
+pub use dispatch::{Gateway, probe, text_response};
 
 /// Boxed error of response bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

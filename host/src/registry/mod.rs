@@ -1,11 +1,28 @@
-//! The running components and the route table that points at them.
+//! The running components, their versions, and the route table.
 //!
-//! Routes live in an [`ArcSwap`]: a request loads the current table without a
-//! lock, and a change (hot swap, later) builds a new table and swaps the
-//! pointer, so in-flight requests keep the version they started with.
+//! Each component of the manifest is a [`Service`] whose [`Deployment`] (the
+//! active version, and perhaps a canary with a share of traffic) lives in an
+//! [`ArcSwap`]. A request or a message delivery loads it without a lock and
+//! keeps the version it picked until it ends; a deploy, promote or rollback
+//! builds a new `Deployment` and swaps the pointer, so in-flight work finishes
+//! on the old version and new work starts on the new one, with no pause.
+//!
+//! `deploy.rs` is how versions are prepared and swapped, `store.rs` how they
+//! survive a restart, `view.rs` what the admin API shows of them.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+mod deploy;
+mod stats;
+mod store;
+mod view;
+
+pub use deploy::{DeployError, DeployReport, DeployRequest, Origin, RegistryParts};
+pub use stats::{MAX_WINDOW, VersionStats, Window};
+pub use store::{ComponentState, Event, RegistryStore, VersionRecord};
+pub use view::{CanaryView, ComponentView, HealthView, RegistryView, VersionView};
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
@@ -14,14 +31,17 @@ use wasmtime::component::InstancePre;
 use wasmtime_wasi_http::p2::bindings::ProxyIndices;
 
 use crate::bindings::handler::MessageHandlerIndices;
-
-use crate::config::{Limits, Route};
+use crate::config::{ComponentSpec, Limits, Route};
+use crate::engine::{ArtifactCache, EngineHandle};
+use crate::kv::KvBackend;
 use crate::sandbox::{Grants, InstanceState};
 
 /// One loaded, linked component version, ready to instantiate.
 pub struct ComponentRuntime {
     /// Component name.
     pub name: Arc<str>,
+    /// Its version.
+    pub version: semver::Version,
     /// sha256 of its binary.
     pub digest: String,
     /// Its engine (one per stack size).
@@ -36,28 +56,116 @@ pub struct ComponentRuntime {
     pub grants: Grants,
     /// Its limits.
     pub limits: Limits,
-    /// Bounds instances alive at once (`max_concurrency`).
+    /// Bounds instances alive at once (`max_concurrency`), shared by all
+    /// versions of the component.
     pub concurrency: Arc<Semaphore>,
+    /// Interfaces it exports.
+    pub exports: Vec<String>,
+    /// Interfaces it imports.
+    pub imports: Vec<String>,
+    /// When it was deployed (RFC 3339).
+    pub deployed_at: String,
+    /// Its outcomes.
+    pub stats: VersionStats,
+}
+
+/// What serves a component now.
+#[derive(Default)]
+pub struct Deployment {
+    /// The version serving (`None` once removed).
+    pub active: Option<Arc<ComponentRuntime>>,
+    /// A version trying out a share of the traffic.
+    pub canary: Option<Canary>,
+}
+
+/// A canary version.
+pub struct Canary {
+    /// The version.
+    pub runtime: Arc<ComponentRuntime>,
+    /// Percent (1-99) of requests and messages it gets.
+    pub percent: u8,
+}
+
+/// The last health check of a component.
+#[derive(Debug, Clone)]
+pub struct HealthRecord {
+    /// The version checked.
+    pub version: semver::Version,
+    /// The status it answered (`None`: no answer).
+    pub status: Option<u16>,
+    /// When (RFC 3339).
+    pub at: String,
+    /// The problem, if any.
+    pub error: Option<String>,
+}
+
+/// One component of the manifest and its versions.
+pub struct Service {
+    /// What the manifest says about it.
+    pub spec: ComponentSpec,
+    pub(crate) engine: EngineHandle,
+    pub(crate) grants: Grants,
+    pub(crate) concurrency: Arc<Semaphore>,
+    deployment: ArcSwap<Deployment>,
+    /// Counts picks, to spread the canary's share evenly.
+    turn: AtomicU64,
+    /// Held by whatever changes the deployment (deploy, promote, rollback,
+    /// remove, automatic rollback), so they happen one at a time.
+    pub(crate) changing: tokio::sync::Mutex<()>,
+    /// Set while an automatic rollback is under way.
+    rolling_back: AtomicBool,
+    pub(crate) health: Mutex<Option<HealthRecord>>,
+}
+
+impl Service {
+    /// The version to run the next request or message on: the canary for
+    /// its share of picks (spread evenly: exactly `percent` of every 100),
+    /// else the active version.
+    pub fn pick(&self) -> Option<Arc<ComponentRuntime>> {
+        let deployment = self.deployment.load();
+        if let Some(canary) = &deployment.canary {
+            let n = self.turn.fetch_add(1, Ordering::Relaxed) % 100;
+            let p = u64::from(canary.percent);
+            if (n + 1) * p / 100 > n * p / 100 {
+                return Some(canary.runtime.clone());
+            }
+        }
+        deployment.active.clone()
+    }
+
+    /// What serves now.
+    pub fn deployment(&self) -> Arc<Deployment> {
+        self.deployment.load_full()
+    }
+
+    pub(crate) fn swap(&self, deployment: Deployment) {
+        self.deployment.store(Arc::new(deployment));
+    }
+
+    /// Component name.
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
 }
 
 /// Routes to components: exact paths first, then the longest matching prefix.
 #[derive(Default)]
 pub struct RouteTable {
-    exact: HashMap<String, Arc<ComponentRuntime>>,
+    exact: HashMap<String, Arc<Service>>,
     /// Longest prefix first.
-    prefixes: Vec<(String, Arc<ComponentRuntime>)>,
+    prefixes: Vec<(String, Arc<Service>)>,
 }
 
 impl RouteTable {
     /// Builds a table; routes were checked for collisions when the manifest was loaded.
-    pub fn new(entries: impl IntoIterator<Item = (Route, Arc<ComponentRuntime>)>) -> Self {
+    pub fn new(entries: impl IntoIterator<Item = (Route, Arc<Service>)>) -> Self {
         let mut table = RouteTable::default();
-        for (route, rt) in entries {
+        for (route, service) in entries {
             match route {
                 Route::Exact(p) => {
-                    table.exact.insert(p, rt);
+                    table.exact.insert(p, service);
                 }
-                Route::Prefix(p) => table.prefixes.push((p, rt)),
+                Route::Prefix(p) => table.prefixes.push((p, service)),
             }
         }
         table
@@ -67,9 +175,9 @@ impl RouteTable {
     }
 
     /// The component serving `path` (without query), if any.
-    pub fn lookup(&self, path: &str) -> Option<&Arc<ComponentRuntime>> {
-        if let Some(rt) = self.exact.get(path) {
-            return Some(rt);
+    pub fn lookup(&self, path: &str) -> Option<&Arc<Service>> {
+        if let Some(service) = self.exact.get(path) {
+            return Some(service);
         }
         self.prefixes
             .iter()
@@ -78,41 +186,51 @@ impl RouteTable {
                     rest.is_empty() || rest.starts_with('/') || prefix.is_empty()
                 })
             })
-            .map(|(_, rt)| rt)
+            .map(|(_, service)| service)
     }
 }
 
 /// Everything that is running.
 pub struct Registry {
-    routes: ArcSwap<RouteTable>,
-    components: ArcSwap<Vec<Arc<ComponentRuntime>>>,
+    services: BTreeMap<String, Arc<Service>>,
+    routes: RouteTable,
+    store: Arc<RegistryStore>,
+    cache: ArtifactCache,
+    kv: Arc<dyn KvBackend>,
+    keep_versions: usize,
 }
 
 impl Registry {
-    /// A registry serving `components` on `routes`.
-    pub fn new(components: Vec<Arc<ComponentRuntime>>, routes: RouteTable) -> Self {
-        Registry {
-            routes: ArcSwap::from_pointee(routes),
-            components: ArcSwap::from_pointee(components),
-        }
+    /// The route table.
+    pub fn routes(&self) -> &RouteTable {
+        &self.routes
     }
 
-    /// The current route table.
-    pub fn routes(&self) -> arc_swap::Guard<Arc<RouteTable>> {
-        self.routes.load()
+    /// The components of the manifest.
+    pub fn services(&self) -> impl Iterator<Item = &Arc<Service>> {
+        self.services.values()
     }
 
-    /// The running components.
-    pub fn components(&self) -> Arc<Vec<Arc<ComponentRuntime>>> {
-        self.components.load_full()
+    /// One component.
+    pub fn service(&self, name: &str) -> Option<&Arc<Service>> {
+        self.services.get(name)
     }
 
-    /// The running version of one component.
+    /// The version of one component to run the next invocation on.
     pub fn component(&self, name: &str) -> Option<Arc<ComponentRuntime>> {
-        self.components
-            .load()
-            .iter()
-            .find(|c| &*c.name == name)
-            .cloned()
+        self.services.get(name)?.pick()
+    }
+
+    /// The active versions of all components.
+    pub fn components(&self) -> Vec<Arc<ComponentRuntime>> {
+        self.services
+            .values()
+            .filter_map(|s| s.deployment().active.clone())
+            .collect()
+    }
+
+    /// The persisted state.
+    pub fn store(&self) -> &Arc<RegistryStore> {
+        &self.store
     }
 }

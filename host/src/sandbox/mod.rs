@@ -38,6 +38,7 @@ pub struct InstanceState {
 }
 
 /// What does not change between invocations of one component version.
+#[derive(Clone)]
 pub struct Grants {
     /// Component name (for logs and kv errors).
     pub component: Arc<str>,

@@ -159,6 +159,18 @@ impl RunningHost {
         self.admin_addr
     }
 
+    /// Rebuilds and hot swaps a component whenever its source changes
+    /// (`atoll up --watch`), until the host stops.
+    pub fn watch_sources(&self) {
+        let registry = self.registry.clone();
+        let stop = self.shutdown.subscribe();
+        tokio::spawn(async move {
+            if let Err(e) = crate::registry::watch_sources(registry, stop).await {
+                tracing::error!(error = %format!("{e:#}"), "watching sources failed; changes will not be deployed");
+            }
+        });
+    }
+
     /// Stops accepting, lets in-flight requests finish (up to the grace
     /// period), then flushes the stores.
     pub async fn shutdown(self) -> anyhow::Result<()> {

@@ -22,6 +22,11 @@ pub struct Up {
     /// Data directory, overriding `[host] data_dir`.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Rebuild and hot swap a component when its source (crate directory or
+    /// .wasm file) changes; a build that fails, or a version that fails to
+    /// link or pass its health check, leaves the running version serving.
+    #[arg(long)]
+    watch: bool,
 }
 
 impl Up {
@@ -53,6 +58,9 @@ impl Up {
                 })
                 .collect();
             let host = RunningHost::start(manifest).await?;
+            if self.watch {
+                host.watch_sources();
+            }
             // Tests and scripts read these lines to find the ports.
             println!("atoll listening on http://{}", host.addr());
             let token = match std::env::var_os(crate::admin::TOKEN_ENV) {

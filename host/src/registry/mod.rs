@@ -8,17 +8,20 @@
 //! on the old version and new work starts on the new one, with no pause.
 //!
 //! `deploy.rs` is how versions are prepared and swapped, `store.rs` how they
-//! survive a restart, `view.rs` what the admin API shows of them.
+//! survive a restart, `view.rs` what the admin API shows of them, `watch.rs`
+//! how `atoll up --watch` redeploys a component whose source changed.
 
 mod deploy;
 mod stats;
 mod store;
 mod view;
+mod watch;
 
 pub use deploy::{DeployError, DeployReport, DeployRequest, Origin, RegistryParts};
 pub use stats::{MAX_WINDOW, VersionStats, Window};
 pub use store::{ComponentState, Event, RegistryStore, VersionRecord};
 pub use view::{CanaryView, ComponentView, HealthView, RegistryView, VersionView};
+pub use watch::watch_sources;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

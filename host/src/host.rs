@@ -110,6 +110,7 @@ impl LoadedApp {
         ));
         self.bus.start(self.registry.clone());
         tokio::spawn(self.registry.clone().watch_canaries(rx.clone()));
+        tokio::spawn(self.registry.clone().watch_health(rx.clone()));
         let served = tokio::spawn(gateway::serve(
             listener,
             self.registry.clone(),

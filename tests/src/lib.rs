@@ -81,7 +81,11 @@ pub fn manifest_text(toml: &str) -> String {
         };
         let key = &rest[start + 1..start + len];
         out.push_str(&rest[..start]);
-        if !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '-') {
+        if !key.is_empty()
+            && key
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
             out.push_str(&guest(key).display().to_string());
         } else {
             out.push_str(&rest[start..start + len + 1]);

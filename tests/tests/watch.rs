@@ -65,10 +65,13 @@ async fn a_changed_source_is_swapped_in_and_a_broken_one_is_not() {
     for _ in 0..20 {
         assert_eq!(get(&host.url("/")).await.body, "v2\n");
     }
-    let health = host.host.registry().view().components[0]
-        .health
-        .clone()
-        .unwrap();
-    assert_eq!(health.status, Some(503), "{health:?}");
+    let events = host.host.registry().view().components[0].events.clone();
+    let last = events.last().unwrap();
+    assert_eq!(last.kind, "refused", "{events:?}");
+    assert!(
+        last.message
+            .contains("its health check GET /healthz answered 503"),
+        "{last:?}"
+    );
     host.stop().await;
 }

@@ -3,6 +3,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use bytes::Bytes;
 use clap::{Args, Subcommand};
 
+use super::table;
+
 use super::client::{AdminArgs, segment, with_query};
 use crate::admin::{DEFAULT_LIMIT, MAX_LIMIT};
 use crate::bus::{DeadLetter, Overview};
@@ -264,27 +266,6 @@ fn render_dead_letters(letters: &[DeadLetter]) -> String {
         for (name, value) in fields {
             out.push_str(&format!("{:<13} {value}\n", format!("{name}:")));
         }
-    }
-    out
-}
-
-/// Left-aligned columns two spaces apart.
-fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let header = header.iter().map(|h| h.to_string()).collect();
-    for row in std::iter::once(header).chain(rows) {
-        let mut line = String::new();
-        for (cell, w) in row.iter().zip(&widths) {
-            line.push_str(&format!("{cell:<w$}  "));
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
     }
     out
 }

@@ -1,13 +1,17 @@
 //! Reaching a running host's admin API from the command line.
 
+use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use bytes::Bytes;
 use clap::Args;
 use http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
@@ -15,8 +19,11 @@ use serde::de::DeserializeOwned;
 use crate::admin;
 use crate::config::Manifest;
 
-/// How long one admin request may take, connecting included.
+/// How long one admin request may take, connecting included, unless the
+/// command sets another limit with [`AdminClient::with_timeout`].
 pub const TIMEOUT: Duration = Duration::from_secs(30);
+/// The size of the pieces an upload is sent in (and its progress reported by).
+const UPLOAD_CHUNK: usize = 64 << 10;
 
 /// How to reach the admin API of a running host.
 #[derive(Debug, Args)]
@@ -80,6 +87,7 @@ impl AdminArgs {
             target,
             token,
             discovery_file,
+            timeout: TIMEOUT,
         })
     }
 
@@ -182,16 +190,26 @@ impl Target {
 }
 
 /// A connection to one host's admin API. Each call runs on its own
-/// single-threaded runtime and gives up after [`TIMEOUT`].
+/// single-threaded runtime and gives up after [`TIMEOUT`] (or the limit
+/// given to [`AdminClient::with_timeout`]).
 #[derive(Debug)]
 pub struct AdminClient {
     target: Target,
     token: String,
     /// The admin.json the address came from, for errors.
     discovery_file: Option<PathBuf>,
+    /// How long one request may take.
+    timeout: Duration,
 }
 
 impl AdminClient {
+    /// Lets each request take up to `timeout` (default [`TIMEOUT`]), for
+    /// calls the host answers only after slow work (compiling, draining).
+    pub fn with_timeout(mut self, timeout: Duration) -> AdminClient {
+        self.timeout = timeout;
+        self
+    }
+
     /// GETs `path` and decodes the JSON answer.
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let body = self.send(Method::GET, path, Vec::new(), Bytes::new())?;
@@ -215,6 +233,31 @@ impl AdminClient {
         decode(&body)
     }
 
+    /// POSTs `body` to `path` in pieces, calling `sent` with the number of
+    /// bytes handed to the connection so far after each piece (the last
+    /// call has the whole length; then the host is working on its answer),
+    /// and decodes the JSON answer.
+    pub fn upload<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Bytes,
+        sent: impl FnMut(u64) + Send + Unpin + 'static,
+    ) -> anyhow::Result<T> {
+        let body = Upload {
+            rest: body,
+            sent: 0,
+            report: sent,
+        };
+        let body = self.send_body(Method::POST, path, Vec::new(), body)?;
+        decode(&body)
+    }
+
+    /// DELETEs `path` and decodes the JSON answer.
+    pub fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let body = self.send(Method::DELETE, path, Vec::new(), Bytes::new())?;
+        decode(&body)
+    }
+
     fn send(
         &self,
         method: Method,
@@ -222,32 +265,54 @@ impl AdminClient {
         headers: Vec<(HeaderName, HeaderValue)>,
         body: Bytes,
     ) -> anyhow::Result<Bytes> {
+        self.send_body(method, path, headers, Full::new(body))
+    }
+
+    fn send_body<B>(
+        &self,
+        method: Method,
+        path: &str,
+        headers: Vec<(HeaderName, HeaderValue)>,
+        body: B,
+    ) -> anyhow::Result<Bytes>
+    where
+        B: Body<Data = Bytes, Error = Infallible> + Send + 'static,
+    {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("starting the client runtime")?;
         let exchange = self.exchange(method, path, headers, body);
+        let timeout = self.timeout;
         let (status, body) = runtime
-            .block_on(async { tokio::time::timeout(TIMEOUT, exchange).await })
+            .block_on(async { tokio::time::timeout(timeout, exchange).await })
             .map_err(|_| {
                 anyhow!(
-                    "the admin API at {} did not answer within {TIMEOUT:?}",
-                    self.target.authority
+                    "the admin API at {} did not answer within {}",
+                    self.target.authority,
+                    humantime::format_duration(timeout)
                 )
             })??;
         if status.is_success() {
             return Ok(body);
         }
-        Err(anyhow!(server_error(status, &body)))
+        Err(ServerError {
+            status,
+            message: server_error(status, &body),
+        }
+        .into())
     }
 
-    async fn exchange(
+    async fn exchange<B>(
         &self,
         method: Method,
         path: &str,
         headers: Vec<(HeaderName, HeaderValue)>,
-        body: Bytes,
-    ) -> anyhow::Result<(StatusCode, Bytes)> {
+        body: B,
+    ) -> anyhow::Result<(StatusCode, Bytes)>
+    where
+        B: Body<Data = Bytes, Error = Infallible> + Send + 'static,
+    {
         let authority = &self.target.authority;
         let stream = tokio::net::TcpStream::connect(authority.as_str())
             .await
@@ -261,7 +326,7 @@ impl AdminClient {
             .uri(format!("{}{path}", self.target.base_path))
             .header(header::HOST, authority.as_str())
             .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
-            .body(Full::new(body))
+            .body(body)
             .context("the admin token or a header is not a valid HTTP header value")?;
         req.headers_mut().extend(headers);
         let res = sender
@@ -296,10 +361,57 @@ impl AdminClient {
     }
 }
 
+/// A request body sent [`UPLOAD_CHUNK`] bytes at a time, reporting the
+/// bytes sent so far. Its exact size is known, so it goes with a
+/// `Content-Length` (the host refuses one too large before reading it).
+struct Upload<F> {
+    rest: Bytes,
+    sent: u64,
+    report: F,
+}
+
+impl<F: FnMut(u64) + Unpin> Body for Upload<F> {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        if this.rest.is_empty() {
+            return Poll::Ready(None);
+        }
+        let piece = this.rest.split_to(UPLOAD_CHUNK.min(this.rest.len()));
+        this.sent += piece.len() as u64;
+        (this.report)(this.sent);
+        Poll::Ready(Some(Ok(Frame::data(piece))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.rest.len() as u64)
+    }
+}
+
 fn decode<T: DeserializeOwned>(body: &[u8]) -> anyhow::Result<T> {
     serde_json::from_slice(body).context(
         "the admin API's answer is not what this atoll expects; is the host the same version?",
     )
+}
+
+/// The host answered with an error status: it received the request and
+/// refused it (as opposed to no answer at all). Shows as the server's message.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ServerError {
+    /// The answer's status.
+    pub status: StatusCode,
+    /// The server's `error`, else the status and the start of the body.
+    pub message: String,
 }
 
 /// The message of a non-2xx answer: the server's `error`, else the status
@@ -397,6 +509,17 @@ mod tests {
                 loop {
                     let (stream, _) = listener.accept().await.unwrap();
                     let service = service_fn(|req: http::Request<Incoming>| async move {
+                        match req.uri().path() {
+                            "/v1/echo" => {
+                                let method = req.method().to_string();
+                                let length = req.headers().get(header::CONTENT_LENGTH).map(|v| v.to_str().unwrap().to_string());
+                                let body = req.into_body().collect().await.unwrap().to_bytes();
+                                let answer = serde_json::json!({"method": method, "content_length": length, "received": body.len()});
+                                return Ok(Response::new(Full::new(Bytes::from(answer.to_string()))));
+                            }
+                            "/v1/slow" => tokio::time::sleep(Duration::from_secs(5)).await,
+                            _ => {}
+                        }
                         let auth = req.headers()[header::AUTHORIZATION]
                             .to_str()
                             .unwrap()
@@ -479,6 +602,44 @@ mod tests {
             ))
             .unwrap();
         assert_eq!(seen["uri"], "/v1/bus?id=a+b%2F%C3%A9");
+    }
+
+    #[test]
+    fn uploads_report_progress_and_other_methods_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("http://{}", fake_admin());
+        let client = args(&dir.path().join("none.toml"), Some(url), Some("t"))
+            .connect()
+            .unwrap();
+        let size = 2 * UPLOAD_CHUNK + 10;
+        let reports = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = reports.clone();
+        let answer: serde_json::Value = client
+            .upload("/v1/echo", Bytes::from(vec![7u8; size]), move |sent| {
+                seen.lock().unwrap().push(sent)
+            })
+            .unwrap();
+        assert_eq!(answer["method"], "POST");
+        assert_eq!(answer["content_length"], size.to_string());
+        assert_eq!(answer["received"], size);
+        let chunk = UPLOAD_CHUNK as u64;
+        assert_eq!(*reports.lock().unwrap(), [chunk, 2 * chunk, size as u64]);
+
+        let answer: serde_json::Value = client.delete("/v1/echo").unwrap();
+        assert_eq!(answer["method"], "DELETE");
+
+        // The host's refusals keep their status; they read as its message.
+        let e = client
+            .delete::<serde_json::Value>("/v1/missing")
+            .unwrap_err();
+        let refused = e.downcast_ref::<ServerError>().unwrap();
+        assert_eq!(refused.status, StatusCode::NOT_FOUND);
+        assert_eq!(e.to_string(), "unknown topic: nope");
+
+        let client = client.with_timeout(Duration::from_millis(50));
+        let e = client.get::<serde_json::Value>("/v1/slow").unwrap_err();
+        assert!(e.to_string().ends_with("did not answer within 50ms"), "{e}");
+        assert!(e.downcast_ref::<ServerError>().is_none());
     }
 
     #[test]

@@ -4,6 +4,8 @@ mod build;
 mod bus;
 mod check;
 mod client;
+mod deploy;
+mod ps;
 mod publish;
 mod up;
 
@@ -27,6 +29,11 @@ enum Command {
     Up(up::Up),
     Build(build::Build),
     Check(check::Check),
+    Ps(ps::Ps),
+    Deploy(deploy::Deploy),
+    Promote(deploy::Promote),
+    Rollback(deploy::Rollback),
+    Remove(deploy::Remove),
     Publish(publish::Publish),
     Bus(bus::Bus),
 }
@@ -54,6 +61,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(c) => c.execute(),
         Command::Build(c) => c.execute(),
         Command::Check(c) => c.execute(),
+        Command::Ps(c) => c.execute(),
+        Command::Deploy(c) => c.execute(),
+        Command::Promote(c) => c.execute(),
+        Command::Rollback(c) => c.execute(),
+        Command::Remove(c) => c.execute(),
         Command::Publish(c) => c.execute(),
         Command::Bus(c) => c.execute(),
     }
@@ -65,4 +77,26 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .thread_name("atoll-worker")
         .build()?)
+}
+
+/// A text table: a header row and rows, each column as wide as its widest
+/// cell, two spaces apart, no trailing spaces.
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header = header.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(header).chain(rows) {
+        let mut line = String::new();
+        for (cell, w) in row.iter().zip(&widths) {
+            line.push_str(&format!("{cell:<w$}  "));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
 }

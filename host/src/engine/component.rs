@@ -58,7 +58,7 @@ impl LoadedComponent {
 pub fn check_component_bytes(bytes: &[u8]) -> anyhow::Result<()> {
     if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
         bail!(
-            "not a WebAssembly binary (it does not start with the `\\0asm` magic); point `source` at a .wasm component built for wasm32-wasip2"
+            "not a WebAssembly binary (it does not start with the `\\0asm` magic); give a .wasm component built for wasm32-wasip2"
         );
     }
     if wasmparser::Parser::is_core_wasm(bytes) {

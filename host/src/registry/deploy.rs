@@ -48,6 +48,8 @@ use crate::sandbox::Grants;
 
 /// How often canaries are judged.
 const CANARY_CHECK: Duration = Duration::from_millis(200);
+/// How often running versions with a health route are checked.
+const HEALTH_EVERY: Duration = Duration::from_secs(10);
 /// How long a remove waits for in-flight work to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -102,6 +104,9 @@ pub struct DeployReport {
     pub canary: Option<u8>,
     /// Whether nothing changed (the same bytes were already active).
     pub unchanged: bool,
+    /// Whether a version was compiled (or loaded) and linked for this change;
+    /// the timings below are about it.
+    pub prepared: bool,
     /// Whether it was compiled (false: the compiled artifact was cached).
     pub compiled: bool,
     /// Milliseconds compiling or loading the artifact.
@@ -263,7 +268,6 @@ impl Registry {
             turn: AtomicU64::new(0),
             changing: tokio::sync::Mutex::new(()),
             rolling_back: AtomicBool::new(false),
-            health: Default::default(),
         }))
     }
 
@@ -512,6 +516,7 @@ impl Registry {
             imports,
             deployed_at,
             stats: VersionStats::default(),
+            health: Default::default(),
         });
         Ok(Prepared {
             runtime,
@@ -521,47 +526,63 @@ impl Registry {
         })
     }
 
-    /// GETs the component's health route on a prepared version; refuses the
-    /// version unless it answers 2xx.
+    /// GETs the component's health route on one version and records the
+    /// answer on it; `None` when the component declares no health route.
+    async fn probe_health(
+        &self,
+        service: &Service,
+        runtime: &Arc<ComponentRuntime>,
+    ) -> Option<HealthRecord> {
+        let path = service.spec.health.as_ref()?;
+        let started = Instant::now();
+        let answer = crate::gateway::probe(runtime.clone(), self.kv.clone(), path).await;
+        let (status, error) = match &answer {
+            Ok((status, _)) if (200..300).contains(status) => (Some(*status), None),
+            Ok((status, body)) => (
+                Some(*status),
+                Some(format!("its health check GET {path} answered {status}: {}", body.trim())),
+            ),
+            Err(e) => (None, Some(format!("its health check GET {path} failed: {e}"))),
+        };
+        let record = HealthRecord {
+            status,
+            at: now(),
+            error,
+            took: started.elapsed(),
+        };
+        *runtime.health.lock().unwrap_or_else(|e| e.into_inner()) = Some(record.clone());
+        Some(record)
+    }
+
+    /// Checks a prepared version's health; refuses it unless it answers 2xx
+    /// (and records the refusal as an event).
     async fn check_health(
         &self,
         service: &Service,
         runtime: &Arc<ComponentRuntime>,
         report: &mut DeployReport,
     ) -> Result<(), DeployError> {
-        let Some(path) = &service.spec.health else {
+        let Some(record) = self.probe_health(service, runtime).await else {
             return Ok(());
         };
-        let started = Instant::now();
-        let answer = crate::gateway::probe(runtime.clone(), self.kv.clone(), path).await;
-        report.health_ms = Some(ms(started.elapsed()));
-        let (status, error) = match &answer {
-            Ok((status, _)) if (200..300).contains(status) => (Some(*status), None),
-            Ok((status, body)) => (
-                Some(*status),
-                Some(format!(
-                    "its health check GET {path} answered {status}: {}",
-                    body.trim()
-                )),
-            ),
-            Err(e) => (
-                None,
-                Some(format!("its health check GET {path} failed: {e}")),
-            ),
-        };
-        report.health_status = status;
-        *service.health.lock().unwrap_or_else(|e| e.into_inner()) = Some(HealthRecord {
-            version: runtime.version.clone(),
-            status,
-            at: now(),
-            error: error.clone(),
-        });
-        match error {
+        report.health_ms = Some(ms(record.took));
+        report.health_status = record.status;
+        match record.error {
             None => Ok(()),
             Some(problem) => Err(DeployError::Refused {
                 what: format!("version {} of `{}`", runtime.version, service.name()),
                 problems: vec![problem],
             }),
+        }
+    }
+
+    /// Records a refused version as an event, so `atoll ps` can show it.
+    async fn note_refusal(&self, name: &str, error: &DeployError) {
+        if let DeployError::Refused { what, problems } = error {
+            let message = format!("{what}: {}", problems.join("; "));
+            if let Err(e) = self.persist(name, move |c| c.event("refused", message)).await {
+                tracing::warn!(component = name, error = %e, "could not record the refusal");
+            }
         }
     }
 
@@ -590,6 +611,19 @@ impl Registry {
 
     /// Deploys new bytes as the active version or a canary.
     pub async fn deploy(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+        request: DeployRequest,
+    ) -> Result<DeployReport, DeployError> {
+        let result = self.deploy_once(name, bytes, request).await;
+        if let Err(e) = &result {
+            self.note_refusal(name, e).await;
+        }
+        result
+    }
+
+    async fn deploy_once(
         &self,
         name: &str,
         bytes: Vec<u8>,
@@ -673,6 +707,7 @@ impl Registry {
                 .map_err(|e| DeployError::Internal(format!("{e:#}; nothing changed")))?;
         }
         let prepared = self.prepare(service, blob, version.clone(), now()).await?;
+        report.prepared = true;
         report.compiled = !prepared.cached;
         report.compile_ms = ms(prepared.compile);
         report.link_ms = ms(prepared.link);
@@ -838,18 +873,22 @@ impl Registry {
             Some(v) => saved.find(v).cloned().ok_or_else(|| {
                 DeployError::NotFound(format!("{name} {v} is not kept; kept versions: {}", kept()))
             })?,
-            // The newest kept version before the active one.
+            // The kept version deployed just before the active one. (Versions
+            // are told apart by version, not digest: two versions may have
+            // the same bytes.)
             None => {
-                let active_digest = active.as_ref().map(|a| a.digest.as_str());
+                let is_active = |v: &VersionRecord| {
+                    active
+                        .as_ref()
+                        .is_some_and(|a| a.version == v.version && a.digest == v.digest)
+                };
                 let position = saved
                     .versions
                     .iter()
-                    .position(|v| Some(v.digest.as_str()) == active_digest)
+                    .position(is_active)
                     .unwrap_or(saved.versions.len());
                 saved.versions[..position]
-                    .iter()
-                    .rev()
-                    .find(|v| Some(v.digest.as_str()) != active_digest)
+                    .last()
                     .cloned()
                     .ok_or_else(|| {
                         DeployError::NotFound(format!(
@@ -859,7 +898,10 @@ impl Registry {
                     })?
             }
         };
-        if active.as_ref().map(|a| &a.digest) == Some(&target.digest) && current.canary.is_none() {
+        let already = active
+            .as_ref()
+            .is_some_and(|a| a.version == target.version && a.digest == target.digest);
+        if already && current.canary.is_none() {
             return Ok(DeployReport {
                 component: name.to_string(),
                 message: format!(
@@ -878,6 +920,7 @@ impl Registry {
             version: Some(target.version.to_string()),
             digest: Some(target.digest.clone()),
             previous: previous.clone(),
+            prepared: true,
             compiled: !prepared.cached,
             compile_ms: ms(prepared.compile),
             link_ms: ms(prepared.link),
@@ -1002,6 +1045,42 @@ impl Registry {
                     registry.auto_rollback(&service, &digest, reason).await;
                     service.rolling_back.store(false, Ordering::Release);
                 });
+            }
+        }
+    }
+
+    /// Checks the health route of every running version now and every
+    /// [`HEALTH_EVERY`] until `stop` flips, for `atoll ps`; a version turning
+    /// unhealthy or healthy again is logged.
+    pub async fn watch_health(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(HEALTH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            for service in self.services.values() {
+                let deployment = service.deployment();
+                let versions = deployment
+                    .active
+                    .iter()
+                    .chain(deployment.canary.as_ref().map(|c| &c.runtime));
+                for runtime in versions {
+                    let was_ok = runtime.health().is_none_or(|h| h.error.is_none());
+                    let Some(now) = self.probe_health(service, runtime).await else {
+                        break;
+                    };
+                    match (&now.error, was_ok) {
+                        (Some(e), true) => {
+                            tracing::warn!(component = service.name(), version = %runtime.version, "health check failing: {e}")
+                        }
+                        (None, false) => {
+                            tracing::info!(component = service.name(), version = %runtime.version, "health check passing again")
+                        }
+                        _ => {}
+                    }
+                }
             }
         }
     }

@@ -20,7 +20,7 @@ mod watch;
 pub use deploy::{DeployError, DeployReport, DeployRequest, Origin, RegistryParts};
 pub use stats::{MAX_WINDOW, VersionStats, Window};
 pub use store::{ComponentState, Event, RegistryStore, VersionRecord};
-pub use view::{CanaryView, ComponentView, HealthView, RegistryView, VersionView};
+pub use view::{CanaryView, ComponentView, HealthCheck, HealthView, RegistryView, VersionView};
 pub use watch::watch_sources;
 
 use std::collections::{BTreeMap, HashMap};
@@ -70,6 +70,15 @@ pub struct ComponentRuntime {
     pub deployed_at: String,
     /// Its outcomes.
     pub stats: VersionStats,
+    /// Its last health check.
+    pub health: Mutex<Option<HealthRecord>>,
+}
+
+impl ComponentRuntime {
+    /// Its last health check.
+    pub fn health(&self) -> Option<HealthRecord> {
+        self.health.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 /// What serves a component now.
@@ -89,17 +98,17 @@ pub struct Canary {
     pub percent: u8,
 }
 
-/// The last health check of a component.
+/// The last health check of a version.
 #[derive(Debug, Clone)]
 pub struct HealthRecord {
-    /// The version checked.
-    pub version: semver::Version,
     /// The status it answered (`None`: no answer).
     pub status: Option<u16>,
     /// When (RFC 3339).
     pub at: String,
     /// The problem, if any.
     pub error: Option<String>,
+    /// How long the check took.
+    pub took: std::time::Duration,
 }
 
 /// One component of the manifest and its versions.
@@ -117,7 +126,6 @@ pub struct Service {
     pub(crate) changing: tokio::sync::Mutex<()>,
     /// Set while an automatic rollback is under way.
     rolling_back: AtomicBool,
-    pub(crate) health: Mutex<Option<HealthRecord>>,
 }
 
 impl Service {

@@ -75,8 +75,25 @@ pub struct VersionView {
     pub errors: u64,
     /// Invocations per second over the last 10 s.
     pub requests_per_sec: f64,
+    /// Invocations over the last 60 s.
+    pub recent_requests: u64,
+    /// Failed invocations over the last 60 s.
+    pub recent_errors: u64,
     /// Failed / all over the last 60 s.
     pub error_rate: f64,
+    /// Its last health check (when the component has a health route).
+    pub health: Option<HealthCheck>,
+}
+
+/// One health check.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HealthCheck {
+    /// Its answer (`None`: no answer).
+    pub status: Option<u16>,
+    /// When.
+    pub checked_at: String,
+    /// What went wrong.
+    pub error: Option<String>,
 }
 
 /// A canary.
@@ -95,12 +112,12 @@ pub struct CanaryView {
     pub max_error_rate: f64,
 }
 
-/// A health route and its last check.
+/// A health route and the active version's last check.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HealthView {
     /// The path.
     pub path: String,
-    /// The version last checked.
+    /// The version checked (the active one).
     pub version: Option<String>,
     /// Its answer.
     pub status: Option<u16>,
@@ -112,6 +129,7 @@ pub struct HealthView {
 
 impl VersionView {
     fn of(rt: &ComponentRuntime) -> VersionView {
+        let recent = rt.stats.window(ERROR_WINDOW);
         VersionView {
             version: rt.version.to_string(),
             digest: rt.digest.clone(),
@@ -122,7 +140,14 @@ impl VersionView {
             requests: rt.stats.requests(),
             errors: rt.stats.errors(),
             requests_per_sec: round(rt.stats.rate(RATE_WINDOW)),
-            error_rate: round(rt.stats.window(ERROR_WINDOW).error_rate()),
+            recent_requests: recent.total(),
+            recent_errors: recent.failed,
+            error_rate: round(recent.error_rate()),
+            health: rt.health().map(|h| HealthCheck {
+                status: h.status,
+                checked_at: h.at,
+                error: h.error,
+            }),
         }
     }
 }
@@ -138,14 +163,11 @@ impl ComponentView {
         let deployment = service.deployment();
         let saved = registry.store.component(&spec.name).unwrap_or_default();
         let health = spec.health.as_ref().map(|path| {
-            let last = service
-                .health
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
+            let active = deployment.active.as_ref();
+            let last = active.and_then(|a| a.health());
             HealthView {
                 path: path.clone(),
-                version: last.as_ref().map(|h| h.version.to_string()),
+                version: active.map(|a| a.version.to_string()),
                 status: last.as_ref().and_then(|h| h.status),
                 checked_at: last.as_ref().map(|h| h.at.clone()),
                 error: last.and_then(|h| h.error),

@@ -27,6 +27,9 @@ pub struct RunningHost {
     admin_addr: SocketAddr,
     admin: tokio::task::JoinHandle<anyhow::Result<()>>,
     data_dir: PathBuf,
+    /// Background tasks that hold the registry (canary judge, health checks,
+    /// source watcher): awaited on shutdown, so the stores close after them.
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     _engines: Engines,
 }
 
@@ -109,8 +112,10 @@ impl LoadedApp {
             rx.clone(),
         ));
         self.bus.start(self.registry.clone());
-        tokio::spawn(self.registry.clone().watch_canaries(rx.clone()));
-        tokio::spawn(self.registry.clone().watch_health(rx.clone()));
+        let tasks = vec![
+            tokio::spawn(self.registry.clone().watch_canaries(rx.clone())),
+            tokio::spawn(self.registry.clone().watch_health(rx.clone())),
+        ];
         let served = tokio::spawn(gateway::serve(
             listener,
             self.registry.clone(),
@@ -129,6 +134,7 @@ impl LoadedApp {
             admin_addr,
             admin,
             data_dir,
+            tasks: std::sync::Mutex::new(tasks),
             _engines: self.engines,
         })
     }
@@ -165,11 +171,15 @@ impl RunningHost {
     pub fn watch_sources(&self) {
         let registry = self.registry.clone();
         let stop = self.shutdown.subscribe();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             if let Err(e) = crate::registry::watch_sources(registry, stop).await {
                 tracing::error!(error = %format!("{e:#}"), "watching sources failed; changes will not be deployed");
             }
         });
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(task);
     }
 
     /// Stops accepting, lets in-flight requests finish (up to the grace
@@ -180,6 +190,10 @@ impl RunningHost {
             .await
             .map_err(|e| anyhow!("gateway task failed: {e}"))??;
         self.bus.shutdown(self.grace).await;
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for task in tasks {
+            let _ = task.await;
+        }
         match self.admin.await {
             Ok(Err(e)) => {
                 tracing::warn!(error = %format!("{e:#}"), "admin API stopped with an error")

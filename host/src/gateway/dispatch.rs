@@ -147,9 +147,12 @@ impl Gateway {
                         let span = tracing::Span::current();
                         span.record("component", &*rt.name);
                         span.record("version", tracing::field::display(&rt.version));
-                        let res = invoke(rt.clone(), self.kv.clone(), req).await;
-                        // (A failure after the head is sent is not counted here.)
-                        rt.stats.record(res.status().is_server_error());
+                        let res = invoke(rt.clone(), self.kv.clone(), req, Mode::Request).await;
+                        // The version's own 5xx count against it (a canary is
+                        // judged by them), the host's limits do not. (A
+                        // failure after the head is sent is not counted.)
+                        let host_limit = res.extensions().get::<HostLimit>().is_some();
+                        rt.stats.record(res.status().is_server_error() && !host_limit);
                         res
                     }
                     None => text_response(
@@ -181,7 +184,7 @@ pub async fn probe(
         .header(header::USER_AGENT, "atoll-health-check")
         .body(Empty::<Bytes>::new());
     let req = req.map_err(|e| format!("bad health path: {e}"))?;
-    let res = invoke(rt, kv, req).await;
+    let res = invoke(rt, kv, req, Mode::Probe).await;
     let status = res.status().as_u16();
     // The first KiB of the body (frame by frame: `Limited` would box errors).
     let mut body = res.into_body();
@@ -204,17 +207,38 @@ pub async fn probe(
     Ok((status, String::from_utf8_lossy(&text).into_owned()))
 }
 
+/// Marks a response the host made because a limit was reached (not the
+/// version's fault).
+#[derive(Clone, Copy)]
+struct HostLimit;
+
+/// Who an invocation is for.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// A client's request: it takes a slot of the component's `max_concurrency`.
+    Request,
+    /// The host's health check: it must work even when clients fill every
+    /// slot (a fix must be deployable to a saturated component), so it takes
+    /// none; the pool's slack has room for it.
+    Probe,
+}
+
 /// Runs one request on one version in a fresh instance.
 async fn invoke<B>(
     rt: Arc<ComponentRuntime>,
     kv: Arc<dyn KvBackend>,
     req: http::Request<B>,
+    mode: Mode,
 ) -> Response<GatewayBody>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
-    let Ok(permit) = rt.concurrency.clone().try_acquire_owned() else {
+    let permit = match mode {
+        Mode::Request => rt.concurrency.clone().try_acquire_owned().ok(),
+        Mode::Probe => None,
+    };
+    if mode == Mode::Request && permit.is_none() {
         tracing::warn!(component = %rt.name, limit = rt.limits.max_concurrency, "concurrency limit reached");
         let mut res = text_response(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -225,8 +249,9 @@ where
         );
         res.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        res.extensions_mut().insert(HostLimit);
         return res;
-    };
+    }
     let head_only = req.method() == Method::HEAD;
     let deadline = Instant::now() + rt.limits.deadline;
     let mut store = sandbox::new_store(&rt.engine, &rt.grants, deadline);
@@ -397,6 +422,7 @@ fn failure_response(rt: &ComponentRuntime, outcome: Outcome) -> Response<Gateway
             );
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            res.extensions_mut().insert(HostLimit);
             res
         }
         Err(e) => {

@@ -319,16 +319,17 @@ impl Registry {
                     path.display()
                 );
                 let digest = sha256(&bytes);
-                self.store.save_blob(&digest, &bytes)?;
+                let bytes = Arc::new(bytes);
                 let prepared = self
-                    .prepare(service, Arc::new(bytes), version.clone(), now())
+                    .prepare(service, bytes.clone(), version.clone(), now())
                     .await?;
                 log_ready(&prepared, index, total);
                 let record = record_of(&prepared.runtime, Origin::Manifest);
                 let keep = self.keep_versions;
-                self.store.update(&spec.name, |c| {
+                let blob = Some((digest.as_str(), bytes.as_slice()));
+                self.store.update_with_blob(&spec.name, blob, |c| {
                     let changed = c.manifest_digest.is_some();
-                    c.manifest_digest = Some(digest);
+                    c.manifest_digest = Some(digest.clone());
                     c.active = Some(record.clone());
                     c.canary = None;
                     c.remember(record, keep);
@@ -540,9 +541,15 @@ impl Registry {
             Ok((status, _)) if (200..300).contains(status) => (Some(*status), None),
             Ok((status, body)) => (
                 Some(*status),
-                Some(format!("its health check GET {path} answered {status}: {}", body.trim())),
+                Some(format!(
+                    "its health check GET {path} answered {status}: {}",
+                    body.trim()
+                )),
             ),
-            Err(e) => (None, Some(format!("its health check GET {path} failed: {e}"))),
+            Err(e) => (
+                None,
+                Some(format!("its health check GET {path} failed: {e}")),
+            ),
         };
         let record = HealthRecord {
             status,
@@ -580,7 +587,10 @@ impl Registry {
     async fn note_refusal(&self, name: &str, error: &DeployError) {
         if let DeployError::Refused { what, problems } = error {
             let message = format!("{what}: {}", problems.join("; "));
-            if let Err(e) = self.persist(name, move |c| c.event("refused", message)).await {
+            if let Err(e) = self
+                .persist(name, move |c| c.event("refused", message))
+                .await
+            {
                 tracing::warn!(component = name, error = %e, "could not record the refusal");
             }
         }
@@ -601,12 +611,25 @@ impl Registry {
         name: &str,
         change: impl FnOnce(&mut ComponentState) + Send + 'static,
     ) -> Result<(), DeployError> {
+        self.persist_with(name, None, change).await
+    }
+
+    /// Keeps a binary and writes the registry file that refers to it.
+    async fn persist_with(
+        &self,
+        name: &str,
+        blob: Option<(String, Arc<Vec<u8>>)>,
+        change: impl FnOnce(&mut ComponentState) + Send + 'static,
+    ) -> Result<(), DeployError> {
         let store = self.store.clone();
         let name = name.to_string();
-        tokio::task::spawn_blocking(move || store.update(&name, change))
-            .await
-            .map_err(internal)?
-            .map_err(|e| DeployError::Internal(format!("{e:#}; nothing changed")))
+        tokio::task::spawn_blocking(move || {
+            let blob = blob.as_ref().map(|(d, b)| (d.as_str(), b.as_slice()));
+            store.update_with_blob(&name, blob, change)
+        })
+        .await
+        .map_err(internal)?
+        .map_err(|e| DeployError::Internal(format!("{e:#}; nothing changed")))
     }
 
     /// Deploys new bytes as the active version or a canary.
@@ -697,16 +720,10 @@ impl Registry {
                 "`{name}` has no active version for a canary to share traffic with; deploy it without --canary first"
             )));
         }
-        let store = self.store.clone();
         let blob = Arc::new(bytes);
-        {
-            let (store, blob, digest) = (store.clone(), blob.clone(), digest.clone());
-            tokio::task::spawn_blocking(move || store.save_blob(&digest, &blob))
-                .await
-                .map_err(internal)?
-                .map_err(|e| DeployError::Internal(format!("{e:#}; nothing changed")))?;
-        }
-        let prepared = self.prepare(service, blob, version.clone(), now()).await?;
+        let prepared = self
+            .prepare(service, blob.clone(), version.clone(), now())
+            .await?;
         report.prepared = true;
         report.compiled = !prepared.cached;
         report.compile_ms = ms(prepared.compile);
@@ -720,7 +737,8 @@ impl Registry {
         let deployment = match request.canary {
             Some(percent) => {
                 let record = record.clone();
-                self.persist(name, move |c| {
+                let blob = Some((digest.clone(), blob.clone()));
+                self.persist_with(name, blob, move |c| {
                     c.canary = Some(CanaryRecord {
                         version: record.clone(),
                         percent,
@@ -744,7 +762,8 @@ impl Registry {
             None => {
                 let record = record.clone();
                 let origin = request.origin;
-                self.persist(name, move |c| {
+                let blob = Some((digest.clone(), blob.clone()));
+                self.persist_with(name, blob, move |c| {
                     c.active = Some(record.clone());
                     c.canary = None;
                     c.remember(record.clone(), keep);
@@ -887,15 +906,12 @@ impl Registry {
                     .iter()
                     .position(is_active)
                     .unwrap_or(saved.versions.len());
-                saved.versions[..position]
-                    .last()
-                    .cloned()
-                    .ok_or_else(|| {
-                        DeployError::NotFound(format!(
-                            "`{name}` has no earlier version to roll back to; kept versions: {}",
-                            kept()
-                        ))
-                    })?
+                saved.versions[..position].last().cloned().ok_or_else(|| {
+                    DeployError::NotFound(format!(
+                        "`{name}` has no earlier version to roll back to; kept versions: {}",
+                        kept()
+                    ))
+                })?
             }
         };
         let already = active

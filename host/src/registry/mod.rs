@@ -77,7 +77,10 @@ pub struct ComponentRuntime {
 impl ComponentRuntime {
     /// Its last health check.
     pub fn health(&self) -> Option<HealthRecord> {
-        self.health.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 

@@ -165,7 +165,22 @@ impl RegistryStore {
         name: &str,
         change: impl FnOnce(&mut ComponentState) -> T,
     ) -> anyhow::Result<T> {
+        self.update_with_blob(name, None, change)
+    }
+
+    /// Like [`update`](Self::update), first keeping a binary the new state
+    /// refers to. Both happen under the state lock, so a concurrent
+    /// [`prune_blobs`](Self::prune_blobs) never sees the binary unreferenced.
+    pub fn update_with_blob<T>(
+        &self,
+        name: &str,
+        blob: Option<(&str, &[u8])>,
+        change: impl FnOnce(&mut ComponentState) -> T,
+    ) -> anyhow::Result<T> {
         let mut state = self.lock();
+        if let Some((digest, bytes)) = blob {
+            self.save_blob(digest, bytes)?;
+        }
         let mut next = state.clone();
         let out = change(next.components.entry(name.to_string()).or_default());
         self.write(&next)?;
@@ -178,7 +193,9 @@ impl RegistryStore {
         self.dir.join("components").join(format!("{digest}.wasm"))
     }
 
-    /// Keeps a binary (written once per digest, synced).
+    /// Keeps a binary (written once per digest, synced). Outside
+    /// [`update_with_blob`](Self::update_with_blob), a concurrent prune may
+    /// delete it again before a state refers to it.
     pub fn save_blob(&self, digest: &str, bytes: &[u8]) -> anyhow::Result<()> {
         let path = self.blob_path(digest);
         if path.exists() {
@@ -198,10 +215,11 @@ impl RegistryStore {
         })
     }
 
-    /// Deletes binaries no kept version refers to.
+    /// Deletes binaries no kept version refers to (holding the state lock
+    /// throughout, so no update adds a reference meanwhile).
     pub fn prune_blobs(&self) {
-        let wanted: std::collections::HashSet<String> = self
-            .lock()
+        let state = self.lock();
+        let wanted: std::collections::HashSet<String> = state
             .components
             .values()
             .flat_map(|c| c.versions.iter().map(|v| format!("{}.wasm", v.digest)))

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod bindings;
 pub mod build;
 pub mod bus;
+pub mod calls;
 pub mod cli;
 pub mod config;
 pub mod engine;

@@ -178,7 +178,7 @@ async fn deploy_canary_promote_rollback_remove() {
     let table = Ps::parse(&run.stdout);
     assert_eq!(
         run.stdout.lines().next().unwrap(),
-        "NAME  VERSION  DIGEST               CANARY  ROUTES  SUBSCRIPTIONS  IN-FLIGHT  REQ/S  ERR%  HEALTH"
+        "NAME  VERSION  DIGEST               CANARY  ROUTES  SUBSCRIPTIONS  IN-FLIGHT  REQ/S  ERR%  HEALTH  CALLS"
     );
     assert_eq!(table.cell("swap", "VERSION"), "1.1.0");
     assert_eq!(table.cell("swap", "HEALTH"), "ok 200");

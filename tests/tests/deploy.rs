@@ -243,7 +243,7 @@ async fn swaps_under_load_lose_nothing_and_never_mix_versions() {
             refused(
                 deploy(&h, "swap", &wasm("needs-import"), "version=1.15.3").await,
                 422,
-                "cannot link",
+                "imports `test:missing/thing`, which no component of this host exports",
             );
             refused(
                 deploy(&h, "swap", b"definitely not wasm", "version=1.15.4").await,

@@ -59,6 +59,13 @@ impl BusState {
         std::mem::take(&mut self.staged)
     }
 
+    /// Takes over messages a nested invocation (a component it called)
+    /// published: they are stored with this invocation's own, if it ends well.
+    pub fn adopt(&mut self, messages: Vec<StoredMessage>) {
+        self.count += messages.len();
+        self.staged.extend(messages);
+    }
+
     /// The bus, when this invocation may use one.
     pub fn bus(&self) -> Option<&Arc<Bus>> {
         self.grant.as_ref().map(|g| &g.bus)

@@ -14,6 +14,8 @@ use crate::registry::{ComponentView, Event, RegistryView, VersionView};
 ///   REQ/S          invocations per second over the last 10 s, active and canary together
 ///   ERR%           invocations that failed (5xx, trap, deadline) over the last 60 s,
 ///                  per version: the active one's, then the canary's after a `/`
+///   CALLS          components it may call, each with its circuit breaker's state
+///                  (`pricing:closed`; `open` fails calls fast, `half-open` probes)
 ///   HEALTH         the last health check: `ok 200`, `failing 503`, `-` without a
 ///                  health route, `unchecked` when none ran yet. Running versions
 ///                  are checked when deployed and every 10 s; per version like
@@ -64,6 +66,7 @@ fn render(view: &RegistryView) -> String {
             "REQ/S",
             "ERR%",
             "HEALTH",
+            "CALLS",
         ],
         rows,
     );
@@ -122,11 +125,25 @@ fn row(c: &ComponentView) -> Vec<String> {
         rate,
         errors,
         health(c),
+        calls(c),
     ]
 }
 
 fn percent(rate: f64) -> String {
     format!("{:.1}", rate * 100.0)
+}
+
+/// Each edge as `callee:circuit` (`pricing:closed,audit:open`), or `-`.
+fn calls(c: &ComponentView) -> String {
+    match c.calls.is_empty() {
+        true => "-".into(),
+        false => c
+            .calls
+            .iter()
+            .map(|e| format!("{}:{}", e.callee, e.circuit))
+            .collect::<Vec<_>>()
+            .join(","),
+    }
 }
 
 fn health(c: &ComponentView) -> String {
@@ -167,7 +184,7 @@ fn notable_events(c: &ComponentView) -> Vec<&Event> {
 
 #[cfg(test)]
 mod tests {
-    use crate::registry::{CanaryView, HealthCheck, HealthView};
+    use crate::registry::{CanaryView, EdgeView, HealthCheck, HealthView};
 
     use super::*;
 
@@ -230,6 +247,7 @@ mod tests {
             memory: 64 << 20,
             deadline_ms: 30_000,
             health: None,
+            calls: vec![],
             events: vec![event(
                 "2026-11-22T08:30:00Z",
                 "manifest",
@@ -254,6 +272,28 @@ mod tests {
         });
         orders.routes = vec!["/orders".into(), "/orders/...".into()];
         orders.in_flight = 3;
+        orders.calls = ["pricing:open", "audit:closed"]
+            .iter()
+            .map(|e| {
+                let (callee, circuit) = e.split_once(':').unwrap();
+                EdgeView {
+                    callee: callee.into(),
+                    circuit: circuit.into(),
+                    failure_rate: 0.0,
+                    window_calls: 0,
+                    opened: 0,
+                    calls: 0,
+                    ok: 0,
+                    failed: 0,
+                    timeouts: 0,
+                    retries: 0,
+                    circuit_open: 0,
+                    bulkhead_full: 0,
+                    fallbacks: 0,
+                    too_deep: 0,
+                }
+            })
+            .collect();
         orders.health = route("/healthz");
         orders.events.push(event(
             "2026-11-22T08:38:02Z",
@@ -285,11 +325,11 @@ mod tests {
             instances: 4,
         };
         let expected = "\
-NAME    VERSION  DIGEST               CANARY     ROUTES               SUBSCRIPTIONS                 IN-FLIGHT  REQ/S  ERR%      HEALTH
-orders  1.3.0    sha256:feedfacecafe  1.4.0 10%  /orders,/orders/...  -                             3/100      45.8   0.4/25.0  ok 200/failing 503
-mail    1.0.0    sha256:0123456789ab  -          -                    orders,audit (group mailers)  0/100      0.0    0.0       failing 503
-gone    removed  -                    -          -                    -                             0/100      -      -         unchecked
-quiet   1.0.0    sha256:0123456789ab  -          -                    -                             0/100      0.0    0.0       -
+NAME    VERSION  DIGEST               CANARY     ROUTES               SUBSCRIPTIONS                 IN-FLIGHT  REQ/S  ERR%      HEALTH              CALLS
+orders  1.3.0    sha256:feedfacecafe  1.4.0 10%  /orders,/orders/...  -                             3/100      45.8   0.4/25.0  ok 200/failing 503  pricing:open,audit:closed
+mail    1.0.0    sha256:0123456789ab  -          -                    orders,audit (group mailers)  0/100      0.0    0.0       failing 503         -
+gone    removed  -                    -          -                    -                             0/100      -      -         unchecked           -
+quiet   1.0.0    sha256:0123456789ab  -          -                    -                             0/100      0.0    0.0       -                   -
 
 orders: 2026-11-22T08:38:02Z auto-rollback: canary 1.5.0 rolled back automatically: error rate 50% (10 of 20) over the last 30s is above the limit of 10%
 orders: 2026-11-22T08:39:00Z canary: 1.4.0 gets 10% of traffic

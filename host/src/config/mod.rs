@@ -102,6 +102,77 @@ pub struct HostSettings {
     pub admin_listen: SocketAddr,
     /// Versions of each component kept for rollback (`keep_versions`, default 5).
     pub keep_versions: usize,
+    /// How deep component-to-component calls may nest (`max_call_depth`, default 8).
+    pub max_call_depth: u32,
+}
+
+/// `[components.CALLER.calls.CALLEE]`: the grant to call another component's
+/// exports, and how those calls are guarded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallSpec {
+    /// The component called.
+    pub callee: String,
+    /// Each call's time limit (`timeout`); the caller's remaining deadline
+    /// applies in any case (default: only that).
+    pub timeout: Option<Duration>,
+    /// Extra attempts for idempotent functions (`retries`, default 2).
+    pub retries: u32,
+    /// First retry delay, doubled per attempt, with jitter (`retry_backoff`, default 20ms).
+    pub retry_backoff: Duration,
+    /// Functions safe to call again (`idempotent`, names as in WIT; `*` = all).
+    pub idempotent: Vec<String>,
+    /// Calls in flight from this caller to the callee (`max_concurrent`, default 50).
+    pub max_concurrent: u32,
+    /// The circuit breaker (`breaker`).
+    pub breaker: BreakerSpec,
+    /// What answers when a call fails (`fallback`).
+    pub fallback: Option<Fallback>,
+    /// This edge closes a declared cycle in the call graph (`cycle`).
+    pub cycle: bool,
+}
+
+/// A circuit breaker's settings (resilience4j's count-based window).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerSpec {
+    /// Calls the failure rate is measured over (`window`, default 20).
+    pub window: u32,
+    /// Calls needed before the rates count (`min_calls`, default 10).
+    pub min_calls: u32,
+    /// Failure rate (0-1) that opens the circuit (`failure_rate`, default 0.5).
+    pub failure_rate: f64,
+    /// A call slower than this is slow (`slow_call`, default 5s).
+    pub slow_call: Duration,
+    /// Slow-call rate (0-1) that opens the circuit (`slow_call_rate`, default 1.0).
+    pub slow_call_rate: f64,
+    /// How long it stays open before probing (`open_for`, default 10s).
+    pub open_for: Duration,
+    /// Probe calls let through while half-open (`half_open_calls`, default 3).
+    pub half_open_calls: u32,
+}
+
+impl Default for BreakerSpec {
+    fn default() -> Self {
+        BreakerSpec {
+            window: 20,
+            min_calls: 10,
+            failure_rate: 0.5,
+            slow_call: Duration::from_secs(5),
+            slow_call_rate: 1.0,
+            open_for: Duration::from_secs(10),
+            half_open_calls: 3,
+        }
+    }
+}
+
+/// What answers a failed or refused call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fallback {
+    /// The last successful result for the same arguments, from a cache of
+    /// this many entries (`fallback = { cache = 1000 }`).
+    Cache(usize),
+    /// Another component exporting the same interface
+    /// (`fallback = { component = "NAME" }`).
+    Component(String),
 }
 
 /// `[components.NAME.canary]`: when a canary is rolled back on its own.
@@ -155,6 +226,8 @@ pub struct ComponentSpec {
     pub health: Option<String>,
     /// When a canary is rolled back automatically.
     pub canary: CanaryPolicy,
+    /// Components it may call, by callee name.
+    pub calls: BTreeMap<String, CallSpec>,
 }
 
 /// A route pattern.
@@ -283,6 +356,46 @@ struct RawHost {
     shutdown_grace: Option<Duration>,
     admin_listen: Option<Spanned<String>>,
     keep_versions: Option<Spanned<u32>>,
+    max_call_depth: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCall {
+    #[serde(default, deserialize_with = "units::de_opt_duration")]
+    timeout: Option<Duration>,
+    retries: Option<Spanned<u32>>,
+    #[serde(default, deserialize_with = "units::de_opt_duration")]
+    retry_backoff: Option<Duration>,
+    #[serde(default)]
+    idempotent: Vec<String>,
+    max_concurrent: Option<Spanned<u32>>,
+    #[serde(default)]
+    breaker: RawBreaker,
+    fallback: Option<Spanned<RawFallback>>,
+    #[serde(default)]
+    cycle: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBreaker {
+    window: Option<u32>,
+    min_calls: Option<u32>,
+    failure_rate: Option<f64>,
+    #[serde(default, deserialize_with = "units::de_opt_duration")]
+    slow_call: Option<Duration>,
+    slow_call_rate: Option<f64>,
+    #[serde(default, deserialize_with = "units::de_opt_duration")]
+    open_for: Option<Duration>,
+    half_open_calls: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFallback {
+    cache: Option<usize>,
+    component: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -316,6 +429,8 @@ struct RawComponent {
     health: Option<Spanned<String>>,
     #[serde(default)]
     canary: RawCanary,
+    #[serde(default)]
+    calls: BTreeMap<Spanned<String>, RawCall>,
 }
 
 #[derive(Deserialize, Default)]
@@ -423,7 +538,19 @@ impl Manifest {
                     ));
                 }
             },
+            max_call_depth: match &raw.host.max_call_depth {
+                None => 8,
+                Some(d) if (1..=64).contains(d.get_ref()) => *d.get_ref(),
+                Some(d) => {
+                    return Err(src.at(
+                        d.span(),
+                        "`max_call_depth` must be between 1 and 64 (how deep component-to-component calls may nest)",
+                    ));
+                }
+            },
         };
+        let declared: std::collections::BTreeSet<String> =
+            raw.components.keys().map(|k| k.get_ref().clone()).collect();
 
         let mut topics = BTreeMap::new();
         for (name, raw) in raw.topics {
@@ -655,6 +782,14 @@ impl Manifest {
                     "component `{name}`: canary.window must be between 1s and 5m"
                 )));
             }
+            let mut calls = BTreeMap::new();
+            for (callee, call) in raw.calls {
+                let span = callee.span();
+                let callee = callee.into_inner();
+                let spec = call_spec(&name, &callee, call, &declared)
+                    .map_err(|(m, at)| src.at(at.unwrap_or(span), m))?;
+                calls.insert(callee, spec);
+            }
             let mut secrets = BTreeMap::new();
             for (key, secret) in raw.secrets {
                 let value = resolve_secret(&name, key.get_ref(), &secret, base_dir)
@@ -685,6 +820,7 @@ impl Manifest {
                     version,
                     health,
                     canary,
+                    calls,
                 },
             );
         }
@@ -704,6 +840,7 @@ impl Manifest {
                 ));
             }
         }
+        check_call_cycles(&components).map_err(|m| src.whole(m))?;
         Ok(Manifest {
             path: None,
             base_dir: base_dir.to_path_buf(),
@@ -712,6 +849,160 @@ impl Manifest {
             topics,
         })
     }
+}
+
+type Located = (String, Option<std::ops::Range<usize>>);
+
+/// Validates one `[components.CALLER.calls.CALLEE]` table.
+fn call_spec(
+    caller: &str,
+    callee: &str,
+    raw: RawCall,
+    declared: &std::collections::BTreeSet<String>,
+) -> Result<CallSpec, Located> {
+    let at = |m: String| (format!("component `{caller}`: calls.{callee}: {m}"), None);
+    if !declared.contains(callee) {
+        return Err(at(format!(
+            "there is no component `{callee}` in this manifest; declare it, or fix the name (declared: {})",
+            declared.iter().cloned().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let d = BreakerSpec::default();
+    let b = raw.breaker;
+    let breaker = BreakerSpec {
+        window: b.window.unwrap_or(d.window),
+        min_calls: b.min_calls.unwrap_or(d.min_calls),
+        failure_rate: b.failure_rate.unwrap_or(d.failure_rate),
+        slow_call: b.slow_call.unwrap_or(d.slow_call),
+        slow_call_rate: b.slow_call_rate.unwrap_or(d.slow_call_rate),
+        open_for: b.open_for.unwrap_or(d.open_for),
+        half_open_calls: b.half_open_calls.unwrap_or(d.half_open_calls),
+    };
+    if !(1..=10_000).contains(&breaker.window) {
+        return Err(at("breaker.window must be between 1 and 10000 calls".into()));
+    }
+    if breaker.min_calls == 0 || breaker.min_calls > breaker.window {
+        return Err(at(format!(
+            "breaker.min_calls must be between 1 and breaker.window ({})",
+            breaker.window
+        )));
+    }
+    for (key, rate) in [
+        ("failure_rate", breaker.failure_rate),
+        ("slow_call_rate", breaker.slow_call_rate),
+    ] {
+        if !(rate > 0.0 && rate <= 1.0) {
+            return Err(at(format!(
+                "breaker.{key} must be above 0 and at most 1 (0.5 is 50%)"
+            )));
+        }
+    }
+    if !(1..=1000).contains(&breaker.half_open_calls) {
+        return Err(at(
+            "breaker.half_open_calls must be between 1 and 1000".into()
+        ));
+    }
+    if breaker.open_for.is_zero() || breaker.slow_call.is_zero() {
+        return Err(at(
+            "breaker.open_for and breaker.slow_call must be above 0".into()
+        ));
+    }
+    let fallback = match raw.fallback {
+        None => None,
+        Some(f) => {
+            let span = f.span();
+            match f.into_inner() {
+                RawFallback {
+                    cache: Some(n),
+                    component: None,
+                } if (1..=1_000_000).contains(&n) => Some(Fallback::Cache(n)),
+                RawFallback {
+                    cache: None,
+                    component: Some(c),
+                } if declared.contains(&c) && c != caller => Some(Fallback::Component(c)),
+                RawFallback {
+                    cache: None,
+                    component: Some(c),
+                } => {
+                    return Err((
+                        format!(
+                            "component `{caller}`: calls.{callee}: fallback component `{c}` is not another component of this manifest"
+                        ),
+                        Some(span),
+                    ));
+                }
+                _ => {
+                    return Err((
+                        format!(
+                            "component `{caller}`: calls.{callee}: write the fallback as `{{ cache = ENTRIES }}` (1 to 1000000 last results) or `{{ component = \"NAME\" }}`"
+                        ),
+                        Some(span),
+                    ));
+                }
+            }
+        }
+    };
+    let retries = raw.retries.as_ref().map_or(2, |r| *r.get_ref());
+    if retries > 10 {
+        return Err(at("retries must be at most 10".into()));
+    }
+    let max_concurrent = raw.max_concurrent.as_ref().map_or(50, |m| *m.get_ref());
+    if !(1..=10_000).contains(&max_concurrent) {
+        return Err(at("max_concurrent must be between 1 and 10000".into()));
+    }
+    if raw.timeout.is_some_and(|t| t.is_zero()) {
+        return Err(at("timeout must be above 0".into()));
+    }
+    Ok(CallSpec {
+        callee: callee.to_string(),
+        timeout: raw.timeout,
+        retries,
+        retry_backoff: raw.retry_backoff.unwrap_or(Duration::from_millis(20)),
+        idempotent: raw.idempotent,
+        max_concurrent,
+        breaker,
+        fallback,
+        cycle: raw.cycle,
+    })
+}
+
+/// Every cycle in the call graph must be declared: one of its edges says
+/// `cycle = true`. (The host's call depth limit still ends a loop.)
+fn check_call_cycles(components: &BTreeMap<String, ComponentSpec>) -> Result<(), String> {
+    // Depth-first search over undeclared edges; a back edge is a cycle.
+    fn visit<'a>(
+        node: &'a str,
+        components: &'a BTreeMap<String, ComponentSpec>,
+        path: &mut Vec<&'a str>,
+        done: &mut std::collections::BTreeSet<&'a str>,
+    ) -> Result<(), String> {
+        if let Some(i) = path.iter().position(|n| *n == node) {
+            let mut cycle: Vec<&str> = path[i..].to_vec();
+            cycle.push(node);
+            return Err(format!(
+                "the calls form a cycle: {}; if that is intended, mark one of its edges with `cycle = true` (the depth limit `[host] max_call_depth` still stops a runaway loop)",
+                cycle.join(" -> ")
+            ));
+        }
+        if !done.insert(node) {
+            return Ok(());
+        }
+        path.push(node);
+        if let Some(c) = components.get(node) {
+            for (callee, call) in &c.calls {
+                if !call.cycle {
+                    visit(callee, components, path, done)?;
+                }
+            }
+        }
+        path.pop();
+        Ok(())
+    }
+    let mut done = std::collections::BTreeSet::new();
+    for name in components.keys() {
+        visit(name, components, &mut Vec::new(), &mut done)?;
+    }
+    Ok(())
 }
 
 fn validate_name(name: &str) -> Result<(), String> {

@@ -18,6 +18,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
 use super::GatewayBody;
 use super::body::{DurableBody, Finished};
+use crate::calls::CallError;
 use crate::engine::EPOCH_TICK;
 use crate::kv::KvBackend;
 use crate::registry::{ComponentRuntime, Registry};
@@ -423,6 +424,19 @@ fn failure_response(rt: &ComponentRuntime, outcome: Outcome) -> Response<Gateway
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             res.extensions_mut().insert(HostLimit);
+            res
+        }
+        Err(e) if e.downcast_ref::<CallError>().is_some() => {
+            let call = e.downcast_ref::<CallError>().expect("checked above");
+            let status =
+                StatusCode::from_u16(call.failure.status()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let mut res = text_response(status, format!("atoll: {call}"));
+            // The callee's failure (or its guard's refusal), not this version's.
+            res.extensions_mut().insert(HostLimit);
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                res.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
             res
         }
         Err(e) => {

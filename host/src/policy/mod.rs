@@ -185,6 +185,20 @@ impl TopicPolicy {
     }
 }
 
+/// Calls refused because the caller may not call the callee (counted at
+/// deploy and start, where the decision is made).
+static CALL_DENIALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Counts one refused call edge.
+pub fn count_call_denial() {
+    CALL_DENIALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Call edges refused since the process started.
+pub fn call_denials() -> u64 {
+    CALL_DENIALS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

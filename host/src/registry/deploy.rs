@@ -211,6 +211,8 @@ impl Registry {
             cache: parts.cache.clone(),
             kv: parts.kv.clone(),
             keep_versions: manifest.host.keep_versions,
+            max_call_depth: manifest.host.max_call_depth,
+            handle: Default::default(),
         };
         let total = manifest.components.len();
         let mut routes = Vec::new();
@@ -229,7 +231,16 @@ impl Registry {
         }
         registry.routes = RouteTable::new(routes);
         registry.store.prune_blobs();
-        Ok(Arc::new(registry))
+        let problems = registry.check_all_calls();
+        if !problems.is_empty() {
+            anyhow::bail!(
+                "the components' calls do not fit together:\n  - {}",
+                problems.join("\n  - ")
+            );
+        }
+        let registry = Arc::new(registry);
+        let _ = registry.handle.set(Arc::downgrade(&registry));
+        Ok(registry)
     }
 
     fn new_service(
@@ -268,6 +279,14 @@ impl Registry {
             turn: AtomicU64::new(0),
             changing: tokio::sync::Mutex::new(()),
             rolling_back: AtomicBool::new(false),
+            edges: spec
+                .calls
+                .iter()
+                .map(|(callee, call)| {
+                    let edge = crate::calls::Edge::new(Arc::from(spec.name.as_str()), call.clone());
+                    (callee.clone(), Arc::new(edge))
+                })
+                .collect(),
         }))
     }
 
@@ -440,8 +459,28 @@ impl Registry {
         .map_err(internal)?
         .map_err(|e| refused(vec![format!("{e:#}")]))?;
         let started = Instant::now();
+        let (call_imports, call_exports) =
+            crate::calls::interfaces(&loaded.component, &service.engine.engine)
+                .map_err(&refused)?;
+        // Imports from other components become trampolines, on a copy of the
+        // host's linker for this version alone.
+        let linker = match call_imports.is_empty() {
+            true => service.engine.linker.clone(),
+            false => {
+                let mut linker = (*service.engine.linker).clone();
+                crate::calls::link(
+                    &mut linker,
+                    &call_imports,
+                    &service.edges,
+                    &self.handle,
+                    self.max_call_depth,
+                )
+                .map_err(|e| refused(vec![format!("linking its calls: {e:#}")]))?;
+                Arc::new(linker)
+            }
+        };
         let mut problems = Vec::new();
-        let pre = match service.engine.linker.instantiate_pre(&loaded.component) {
+        let pre = match linker.instantiate_pre(&loaded.component) {
             Ok(pre) => Some(pre),
             Err(e) => {
                 problems.push(format!(
@@ -450,7 +489,11 @@ impl Registry {
                 None
             }
         };
-        if !spec.routes.is_empty() || spec.subscriptions.is_empty() {
+        // Something must be able to invoke it: routes, subscriptions, or other
+        // components calling its exports. With none of these, it is an HTTP
+        // service by default.
+        let invoked_otherwise = !spec.subscriptions.is_empty() || !call_exports.is_empty();
+        if !spec.routes.is_empty() || !invoked_otherwise {
             let routes = spec
                 .routes
                 .iter()
@@ -518,6 +561,8 @@ impl Registry {
             deployed_at,
             stats: VersionStats::default(),
             health: Default::default(),
+            call_imports,
+            call_exports,
         });
         Ok(Prepared {
             runtime,
@@ -593,6 +638,69 @@ impl Registry {
             {
                 tracing::warn!(component = name, error = %e, "could not record the refusal");
             }
+        }
+    }
+
+    /// Problems with the components' calls as they run now (checked at start).
+    fn check_all_calls(&self) -> Vec<String> {
+        self.check_calls_with(None)
+    }
+
+    /// Problems with the components' calls if component `name` ran
+    /// `versions` instead of what it runs now: its own imports, and what its
+    /// callers import from it.
+    fn check_calls_with(&self, replace: Option<(&str, Vec<Arc<ComponentRuntime>>)>) -> Vec<String> {
+        let all: Vec<String> = self.services.keys().cloned().collect();
+        let running = |n: &str| -> Vec<Arc<ComponentRuntime>> {
+            match &replace {
+                Some((r, versions)) if *r == n => versions.clone(),
+                _ => self
+                    .services
+                    .get(n)
+                    .map(|s| {
+                        let d = s.deployment();
+                        d.active
+                            .iter()
+                            .cloned()
+                            .chain(d.canary.as_ref().map(|c| c.runtime.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            }
+        };
+        let mut problems = Vec::new();
+        for service in self.services.values() {
+            for rt in running(service.name()) {
+                for p in crate::calls::check_imports(
+                    service.name(),
+                    &rt.call_imports,
+                    &service.spec.calls,
+                    &running,
+                    &all,
+                ) {
+                    if !problems.contains(&p) {
+                        problems.push(p);
+                    }
+                }
+            }
+        }
+        problems
+    }
+
+    /// Refuses a change that would leave a call unserved.
+    fn refuse_broken_calls(
+        &self,
+        name: &str,
+        versions: Vec<Arc<ComponentRuntime>>,
+        what: impl FnOnce() -> String,
+    ) -> Result<(), DeployError> {
+        let problems = self.check_calls_with(Some((name, versions)));
+        match problems.is_empty() {
+            true => Ok(()),
+            false => Err(DeployError::Refused {
+                what: what(),
+                problems,
+            }),
         }
     }
 
@@ -728,6 +836,16 @@ impl Registry {
         report.compiled = !prepared.cached;
         report.compile_ms = ms(prepared.compile);
         report.link_ms = ms(prepared.link);
+        let versions = match request.canary {
+            Some(_) => current
+                .active
+                .iter()
+                .cloned()
+                .chain([prepared.runtime.clone()])
+                .collect(),
+            None => vec![prepared.runtime.clone()],
+        };
+        self.refuse_broken_calls(name, versions, || format!("version {version} of `{name}`"))?;
         self.check_health(service, &prepared.runtime, &mut report)
             .await?;
 
@@ -942,6 +1060,9 @@ impl Registry {
             link_ms: ms(prepared.link),
             ..Default::default()
         };
+        self.refuse_broken_calls(name, vec![prepared.runtime.clone()], || {
+            format!("rolling `{name}` back to {}", target.version)
+        })?;
         self.check_health(service, &prepared.runtime, &mut report)
             .await?;
         let record = target.clone();
@@ -985,6 +1106,7 @@ impl Registry {
                 "`{name}` is already removed; `atoll deploy` or `atoll rollback {name} --to VERSION` brings it back"
             )));
         };
+        self.refuse_broken_calls(name, Vec::new(), || format!("removing `{name}`"))?;
         let version = active.version.clone();
         self.persist(name, move |c| {
             c.active = None;

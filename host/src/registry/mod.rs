@@ -20,7 +20,9 @@ mod watch;
 pub use deploy::{DeployError, DeployReport, DeployRequest, Origin, RegistryParts};
 pub use stats::{MAX_WINDOW, VersionStats, Window};
 pub use store::{ComponentState, Event, RegistryStore, VersionRecord};
-pub use view::{CanaryView, ComponentView, HealthCheck, HealthView, RegistryView, VersionView};
+pub use view::{
+    CanaryView, ComponentView, EdgeView, HealthCheck, HealthView, RegistryView, VersionView,
+};
 pub use watch::watch_sources;
 
 use std::collections::{BTreeMap, HashMap};
@@ -72,6 +74,10 @@ pub struct ComponentRuntime {
     pub stats: VersionStats,
     /// Its last health check.
     pub health: Mutex<Option<HealthRecord>>,
+    /// Interfaces it imports from other components.
+    pub call_imports: Vec<crate::calls::CallImport>,
+    /// Interfaces it exports to other components, by `ns:pkg/iface`.
+    pub call_exports: HashMap<String, crate::calls::CallExport>,
 }
 
 impl ComponentRuntime {
@@ -129,6 +135,8 @@ pub struct Service {
     pub(crate) changing: tokio::sync::Mutex<()>,
     /// Set while an automatic rollback is under way.
     rolling_back: AtomicBool,
+    /// The components it may call, with their guards.
+    pub edges: BTreeMap<String, Arc<crate::calls::Edge>>,
 }
 
 impl Service {
@@ -212,6 +220,9 @@ pub struct Registry {
     cache: ArtifactCache,
     kv: Arc<dyn KvBackend>,
     keep_versions: usize,
+    max_call_depth: u32,
+    /// How call trampolines find this registry.
+    handle: crate::calls::RegistryHandle,
 }
 
 impl Registry {

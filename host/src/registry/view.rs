@@ -52,6 +52,42 @@ pub struct ComponentView {
     pub health: Option<HealthView>,
     /// Recent events, oldest first.
     pub events: Vec<Event>,
+    /// The components it may call, with each edge's circuit and counters.
+    #[serde(default)]
+    pub calls: Vec<EdgeView>,
+}
+
+/// One allowed call edge.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EdgeView {
+    /// The component called.
+    pub callee: String,
+    /// `closed`, `open` or `half-open`.
+    pub circuit: String,
+    /// Failure rate over the breaker's window (or the half-open probes).
+    pub failure_rate: f64,
+    /// Outcomes in that window.
+    pub window_calls: u64,
+    /// Times the circuit opened.
+    pub opened: u64,
+    /// Calls made.
+    pub calls: u64,
+    /// Calls answered by the callee.
+    pub ok: u64,
+    /// Attempts that failed.
+    pub failed: u64,
+    /// Attempts that timed out.
+    pub timeouts: u64,
+    /// Retries.
+    pub retries: u64,
+    /// Calls refused while the circuit was open.
+    pub circuit_open: u64,
+    /// Calls refused by the bulkhead.
+    pub bulkhead_full: u64,
+    /// Calls answered by the fallback.
+    pub fallbacks: u64,
+    /// Calls refused for depth.
+    pub too_deep: u64,
 }
 
 /// One running version.
@@ -204,6 +240,32 @@ impl ComponentView {
             deadline_ms: spec.limits.deadline.as_millis() as u64,
             health,
             events: saved.events,
+            calls: service
+                .edges
+                .values()
+                .map(|e| {
+                    let b = e.breaker_state();
+                    let n = |c: &std::sync::atomic::AtomicU64| {
+                        c.load(std::sync::atomic::Ordering::Relaxed)
+                    };
+                    EdgeView {
+                        callee: e.spec.callee.clone(),
+                        circuit: b.state.as_str().to_string(),
+                        failure_rate: round(b.failure_rate),
+                        window_calls: b.calls as u64,
+                        opened: b.opened,
+                        calls: n(&e.stats.calls),
+                        ok: n(&e.stats.ok),
+                        failed: n(&e.stats.failed),
+                        timeouts: n(&e.stats.timeouts),
+                        retries: n(&e.stats.retries),
+                        circuit_open: n(&e.stats.circuit_open),
+                        bulkhead_full: n(&e.stats.bulkhead_full),
+                        fallbacks: n(&e.stats.fallbacks),
+                        too_deep: n(&e.stats.too_deep),
+                    }
+                })
+                .collect(),
         }
     }
 }

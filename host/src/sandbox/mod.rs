@@ -35,6 +35,14 @@ pub struct InstanceState {
     bus: BusState,
     config: Arc<WasiConfigVariables>,
     component: Arc<str>,
+    /// When this invocation must end: calls it makes inherit what is left.
+    deadline: Instant,
+    /// How many component-to-component calls deep this invocation is (0 for
+    /// a request or a message).
+    depth: u32,
+    /// A component it called wrote to (or read from) its store: this
+    /// invocation's outcome must wait for durability as if it had.
+    nested_kv: (bool, bool),
 }
 
 /// What does not change between invocations of one component version.
@@ -65,19 +73,53 @@ pub const MAX_RESOURCES: usize = 10_000;
 pub struct DeadlineExceeded;
 
 impl InstanceState {
-    /// Whether this invocation wrote to its key-value store.
+    /// Whether this invocation (or a component it called) wrote to a key-value store.
     pub fn kv_dirty(&self) -> bool {
-        self.kv.dirty()
+        self.kv.dirty() || self.nested_kv.0
     }
 
-    /// Whether this invocation used its key-value store at all.
+    /// Whether this invocation (or a component it called) used a key-value store at all.
     pub fn kv_touched(&self) -> bool {
-        self.kv.touched()
+        self.kv.touched() || self.nested_kv.1
+    }
+
+    /// Takes over what a component it called did: its store use (so this
+    /// invocation's outcome waits for durability) and its staged messages.
+    pub fn adopt(&mut self, callee: &mut InstanceState) {
+        self.nested_kv.0 |= callee.kv_dirty();
+        self.nested_kv.1 |= callee.kv_touched();
+        let staged = callee.bus.take_staged();
+        self.bus.adopt(staged);
     }
 
     /// This invocation's bus state (staged publishes, trace context).
     pub fn bus_mut(&mut self) -> &mut BusState {
         &mut self.bus
+    }
+
+    /// This invocation's bus state.
+    pub fn bus(&self) -> &BusState {
+        &self.bus
+    }
+
+    /// When this invocation must end.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// How many calls deep it is.
+    pub fn depth(&self) -> u32 {
+        self.depth
+    }
+
+    /// Marks this invocation as a call `depth` deep.
+    pub fn set_depth(&mut self, depth: u32) {
+        self.depth = depth;
+    }
+
+    /// The component it runs.
+    pub fn component(&self) -> &Arc<str> {
+        &self.component
     }
 }
 
@@ -120,6 +162,9 @@ pub fn new_store(engine: &Engine, grants: &Grants, deadline: Instant) -> Store<I
         bus: BusState::new(grants.bus.clone(), grants.component.clone(), grants.memory),
         config: grants.config.clone(),
         component: grants.component.clone(),
+        deadline,
+        depth: 0,
+        nested_kv: (false, false),
     };
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limits);

@@ -1,0 +1,1027 @@
+//! Typed component-to-component calls.
+//!
+//! Component `pricing` exports a WIT interface (`shop:pricing/quote@1.2.0`);
+//! component `booking` imports it and may call `pricing` (its manifest says
+//! `[components.booking.calls.pricing]`). When `booking` is linked, each
+//! function of the import becomes a host function (a trampoline) that, on
+//! every call:
+//!
+//! 1. refuses a call deeper than `[host] max_call_depth`;
+//! 2. finds the allowed callee whose running version exports a compatible
+//!    version of the interface (semver: same major, at least the imported
+//!    version; the newest when several do), picking its canary share;
+//! 3. fails fast when the edge's bulkhead is full or its circuit is open;
+//! 4. runs the function in a fresh instance of the callee, under the caller's
+//!    remaining deadline (tightened by the edge's `timeout`), copying the
+//!    values across (never sharing memory);
+//! 5. retries an idempotent function on failure, with backoff, never past
+//!    the deadline; records the outcome in the breaker and the callee's stats;
+//! 6. on failure answers from the fallback (cache or component) if the edge
+//!    has one, else traps the caller with a [`CallError`] that names what
+//!    went wrong; the gateway turns it into 502/503/504/508.
+//!
+//! Deploy-time checks ([`check_imports`]) make sure every import has exactly
+//! the callee the trampoline will find, with the same function types, so a
+//! call never fails for a reason the operator could have been told earlier.
+
+pub mod breaker;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+use wasmtime::component::types::{ComponentFunc, ComponentItem, Type};
+use wasmtime::component::{Component, ComponentExportIndex, Linker, Val};
+use wasmtime::{Engine, StoreContextMut};
+
+use self::breaker::{Breaker, Outcome, Snapshot};
+use crate::config::{CallSpec, Fallback};
+use crate::engine::EPOCH_TICK;
+use crate::registry::{ComponentRuntime, Registry};
+use crate::sandbox::{self, DeadlineExceeded, InstanceState};
+
+/// Where trampolines find the running components (set once the registry exists).
+pub type RegistryHandle = Arc<OnceLock<Weak<Registry>>>;
+
+/// Whether the host itself provides an interface (`wasi:*`, `atoll:*`);
+/// every other import is a call to another component.
+pub fn is_host_interface(name: &str) -> bool {
+    name.starts_with("wasi:") || name.starts_with("atoll:")
+}
+
+/// An interface name split up: `ns:pkg/iface@1.2.0`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceName {
+    /// `ns:pkg/iface`.
+    pub path: String,
+    /// `1.2.0`, when versioned.
+    pub version: Option<semver::Version>,
+}
+
+impl InterfaceName {
+    /// Parses an import or export name.
+    pub fn parse(name: &str) -> InterfaceName {
+        match name.split_once('@') {
+            Some((path, v)) => InterfaceName {
+                path: path.to_string(),
+                version: v.parse().ok(),
+            },
+            None => InterfaceName {
+                path: name.to_string(),
+                version: None,
+            },
+        }
+    }
+
+    /// Whether an export of version `offered` serves an import of this
+    /// version: same major (same minor below 1.0) and at least as new.
+    pub fn accepts(&self, offered: Option<&semver::Version>) -> bool {
+        match (&self.version, offered) {
+            (None, None) => true,
+            (Some(want), Some(have)) => {
+                let same_line = match want.major {
+                    0 => have.major == 0 && have.minor == want.minor,
+                    major => have.major == major,
+                };
+                same_line && have >= want
+            }
+            _ => false,
+        }
+    }
+
+    /// What `accepts` means, for messages: `1.x >= 1.2.0`.
+    pub fn range(&self) -> String {
+        match &self.version {
+            None => "unversioned".to_string(),
+            Some(v) if v.major == 0 => format!("0.{}.x >= {v}", v.minor),
+            Some(v) => format!("{}.x >= {v}", v.major),
+        }
+    }
+}
+
+/// One function of an interface.
+#[derive(Clone)]
+pub struct Function {
+    /// Its name in WIT.
+    pub name: String,
+    /// Its type.
+    pub ty: ComponentFunc,
+}
+
+/// An interface a component imports from another component.
+#[derive(Clone)]
+pub struct CallImport {
+    /// The full import name (`ns:pkg/iface@1.2.0`).
+    pub name: String,
+    /// Split up.
+    pub interface: InterfaceName,
+    /// Its functions.
+    pub functions: Vec<Function>,
+}
+
+/// An interface a component exports for others to call.
+#[derive(Clone)]
+pub struct CallExport {
+    /// The full export name.
+    pub name: String,
+    /// Its version.
+    pub version: Option<semver::Version>,
+    /// Its functions, with the index to find them in an instance.
+    pub functions: HashMap<String, (ComponentExportIndex, ComponentFunc)>,
+}
+
+/// What a component imports from and exports to other components.
+pub type Interfaces = (Vec<CallImport>, HashMap<String, CallExport>);
+
+/// The interfaces a component imports from and exports to other
+/// components; resources in them are refused (they cannot cross components).
+pub fn interfaces(component: &Component, engine: &Engine) -> Result<Interfaces, Vec<String>> {
+    let ty = component.component_type();
+    let mut problems = Vec::new();
+    let mut imports = Vec::new();
+    for (name, item) in ty.imports(engine) {
+        if is_host_interface(name) {
+            continue;
+        }
+        let ComponentItem::ComponentInstance(instance) = item.ty else {
+            continue;
+        };
+        let mut functions = Vec::new();
+        for (fname, fitem) in instance.exports(engine) {
+            match fitem.ty {
+                ComponentItem::ComponentFunc(f) => {
+                    if let Some(what) = uses_resources(&f) {
+                        problems.push(resource_problem("imports", name, fname, what));
+                    }
+                    functions.push(Function {
+                        name: fname.to_string(),
+                        ty: f,
+                    });
+                }
+                ComponentItem::Resource(_) => {
+                    problems.push(resource_problem("imports", name, fname, "a resource type"))
+                }
+                _ => {}
+            }
+        }
+        imports.push(CallImport {
+            name: name.to_string(),
+            interface: InterfaceName::parse(name),
+            functions,
+        });
+    }
+    let mut exports = HashMap::new();
+    for (name, item) in ty.exports(engine) {
+        if is_host_interface(name) {
+            continue;
+        }
+        let ComponentItem::ComponentInstance(instance) = item.ty else {
+            continue;
+        };
+        let Some(instance_index) = component.get_export_index(None, name) else {
+            continue;
+        };
+        let mut functions = HashMap::new();
+        let mut clean = true;
+        for (fname, fitem) in instance.exports(engine) {
+            match fitem.ty {
+                ComponentItem::ComponentFunc(f) => {
+                    if uses_resources(&f).is_some() {
+                        clean = false;
+                    }
+                    if let Some(index) = component.get_export_index(Some(&instance_index), fname) {
+                        functions.insert(fname.to_string(), (index, f));
+                    }
+                }
+                ComponentItem::Resource(_) => clean = false,
+                _ => {}
+            }
+        }
+        // An export with resources is simply not callable from other
+        // components; importing it is what is refused.
+        if clean {
+            let parsed = InterfaceName::parse(name);
+            exports.insert(
+                parsed.path.clone(),
+                CallExport {
+                    name: name.to_string(),
+                    version: parsed.version,
+                    functions,
+                },
+            );
+        }
+    }
+    match problems.is_empty() {
+        true => Ok((imports, exports)),
+        false => Err(problems),
+    }
+}
+
+fn resource_problem(dir: &str, iface: &str, item: &str, what: &str) -> String {
+    format!(
+        "it {dir} `{iface}`, whose `{item}` uses {what}; resources cannot cross components (each call runs in a fresh instance of the callee), so pass plain values (records, lists, strings) instead"
+    )
+}
+
+/// Whether a function's parameters or results contain a resource.
+fn uses_resources(f: &ComponentFunc) -> Option<&'static str> {
+    fn walk(t: &Type) -> bool {
+        match t {
+            Type::Own(_) | Type::Borrow(_) => true,
+            Type::List(l) => walk(&l.ty()),
+            Type::Record(r) => r.fields().any(|f| walk(&f.ty)),
+            Type::Tuple(t) => t.types().any(|t| walk(&t)),
+            Type::Variant(v) => v.cases().any(|c| c.ty.as_ref().is_some_and(walk)),
+            Type::Option(o) => walk(&o.ty()),
+            Type::Result(r) => {
+                r.ok().as_ref().is_some_and(walk) || r.err().as_ref().is_some_and(walk)
+            }
+            Type::Future(_) | Type::Stream(_) | Type::ErrorContext => true,
+            _ => false,
+        }
+    }
+    let params = f.params().any(|(_, t)| walk(&t));
+    let results = f.results().any(|t| walk(&t));
+    (params || results).then_some("a resource (or future/stream) type")
+}
+
+/// Whether two function types are the same (parameters and results, structurally).
+fn same_type(a: &ComponentFunc, b: &ComponentFunc) -> bool {
+    a.params().len() == b.params().len()
+        && a.results().len() == b.results().len()
+        && a.params().zip(b.params()).all(|((_, x), (_, y))| x == y)
+        && a.results().zip(b.results()).all(|(x, y)| x == y)
+}
+
+/// Which callee serves an import: among the allowed callees whose version
+/// exports a compatible version of the interface, the newest.
+fn choose<'a>(
+    import: &InterfaceName,
+    candidates: impl IntoIterator<Item = (&'a str, &'a ComponentRuntime)>,
+) -> Option<(&'a str, &'a ComponentRuntime, &'a CallExport)> {
+    candidates
+        .into_iter()
+        .filter_map(|(name, rt)| {
+            let export = rt.call_exports.get(&import.path)?;
+            import
+                .accepts(export.version.as_ref())
+                .then_some((name, rt, export))
+        })
+        .max_by(|a, b| a.2.version.cmp(&b.2.version))
+}
+
+/// Checks that every call import of a caller version is served: an allowed
+/// callee (from `running`, callee name -> its running versions) exports a
+/// compatible version with the same function types. Returns the problems.
+pub fn check_imports(
+    caller: &str,
+    imports: &[CallImport],
+    allowed: &BTreeMap<String, CallSpec>,
+    running: &dyn Fn(&str) -> Vec<Arc<ComponentRuntime>>,
+    all_components: &[String],
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for import in imports {
+        let allowed_versions: Vec<(String, Arc<ComponentRuntime>)> = allowed
+            .keys()
+            .flat_map(|callee| {
+                running(callee)
+                    .into_iter()
+                    .map(move |rt| (callee.clone(), rt))
+            })
+            .collect();
+        let chosen = choose(
+            &import.interface,
+            allowed_versions
+                .iter()
+                .map(|(n, rt)| (n.as_str(), rt.as_ref())),
+        );
+        let Some((callee, _, _)) = chosen else {
+            problems.push(unserved(caller, import, allowed, running, all_components));
+            continue;
+        };
+        // Every running version of the chosen callee must serve it (a
+        // canary as much as the active one).
+        for rt in running(callee) {
+            let Some(export) = rt.call_exports.get(&import.interface.path) else {
+                problems.push(format!(
+                    "`{callee}` {} does not export `{}` that `{caller}` imports",
+                    rt.version, import.interface.path
+                ));
+                continue;
+            };
+            if !import.interface.accepts(export.version.as_ref()) {
+                problems.push(format!(
+                    "`{callee}` {} exports `{}`, which is not compatible with `{caller}`'s import `{}` (needs {})",
+                    rt.version, export.name, import.name, import.interface.range()
+                ));
+                continue;
+            }
+            for f in &import.functions {
+                match export.functions.get(&f.name) {
+                    None => problems.push(format!(
+                        "`{callee}` {} exports `{}` without the function `{}` that `{caller}` imports",
+                        rt.version, export.name, f.name
+                    )),
+                    Some((_, ty)) if !same_type(ty, &f.ty) => problems.push(format!(
+                        "`{callee}` {} exports `{}` function `{}` with a different type than `{caller}` imports (parameters or results differ)",
+                        rt.version, export.name, f.name
+                    )),
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// Why no allowed callee serves an import.
+fn unserved(
+    caller: &str,
+    import: &CallImport,
+    allowed: &BTreeMap<String, CallSpec>,
+    running: &dyn Fn(&str) -> Vec<Arc<ComponentRuntime>>,
+    all_components: &[String],
+) -> String {
+    // Someone exports it, but the edge is not allowed: a denial.
+    for other in all_components {
+        if other == caller || allowed.contains_key(other) {
+            continue;
+        }
+        for rt in running(other) {
+            if let Some(e) = rt.call_exports.get(&import.interface.path)
+                && import.interface.accepts(e.version.as_ref())
+            {
+                crate::policy::count_call_denial();
+                tracing::warn!(caller, callee = %other, interface = %import.name, "call denied by policy");
+                return format!(
+                    "`{caller}` imports `{}`, which `{other}` exports, but `{caller}` may not call `{other}`: add `[components.{caller}.calls.{other}]` to atoll.toml to allow it",
+                    import.name
+                );
+            }
+        }
+    }
+    // Exported, but in an incompatible version.
+    for other in all_components {
+        for rt in running(other) {
+            if let Some(e) = rt.call_exports.get(&import.interface.path) {
+                return format!(
+                    "`{caller}` imports `{}`, but `{other}` {} exports `{}`, which is not compatible (needs {})",
+                    import.name,
+                    rt.version,
+                    e.name,
+                    import.interface.range()
+                );
+            }
+        }
+    }
+    format!(
+        "`{caller}` imports `{}`, which no component of this host exports; add the component that implements it and allow the call with `[components.{caller}.calls.NAME]`",
+        import.name
+    )
+}
+
+/// What went wrong with a call, as the caller's trap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallFailure {
+    /// The callee's circuit is open.
+    CircuitOpen,
+    /// The edge's bulkhead (`max_concurrent`) is full.
+    BulkheadFull,
+    /// No running version serves it, or it is at its concurrency limit.
+    Unavailable,
+    /// It did not answer within the deadline.
+    Timeout,
+    /// It trapped (or failed to instantiate).
+    Failed,
+    /// The call would nest deeper than `max_call_depth`.
+    TooDeep,
+    /// Its arguments are larger than the callee may hold.
+    TooLarge,
+}
+
+impl CallFailure {
+    /// `circuit open`, `bulkhead full`, ...
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CallFailure::CircuitOpen => "circuit open",
+            CallFailure::BulkheadFull => "bulkhead full",
+            CallFailure::Unavailable => "unavailable",
+            CallFailure::Timeout => "timeout",
+            CallFailure::Failed => "callee failed",
+            CallFailure::TooDeep => "call depth exceeded",
+            CallFailure::TooLarge => "arguments too large",
+        }
+    }
+
+    /// The HTTP status a request that failed this way gets.
+    pub fn status(&self) -> u16 {
+        match self {
+            CallFailure::CircuitOpen | CallFailure::BulkheadFull | CallFailure::Unavailable => 503,
+            CallFailure::Timeout => 504,
+            CallFailure::Failed | CallFailure::TooLarge => 502,
+            CallFailure::TooDeep => 508,
+        }
+    }
+
+    fn retryable(&self) -> bool {
+        matches!(
+            self,
+            CallFailure::Failed | CallFailure::Timeout | CallFailure::Unavailable
+        )
+    }
+}
+
+/// A failed call, which traps the caller.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("call from `{caller}` to `{callee}` `{function}` failed: {} ({detail})", .failure.as_str())]
+pub struct CallError {
+    /// What went wrong.
+    pub failure: CallFailure,
+    /// The calling component.
+    pub caller: String,
+    /// The called component.
+    pub callee: String,
+    /// `interface#function`.
+    pub function: String,
+    /// More about it.
+    pub detail: String,
+}
+
+/// Counters of one edge.
+#[derive(Default)]
+pub struct EdgeStats {
+    /// Calls made (attempts not counted twice).
+    pub calls: AtomicU64,
+    /// Calls that answered.
+    pub ok: AtomicU64,
+    /// Attempts that failed (trap, timeout, unavailable).
+    pub failed: AtomicU64,
+    /// Attempts that timed out.
+    pub timeouts: AtomicU64,
+    /// Retries made.
+    pub retries: AtomicU64,
+    /// Calls refused by the open circuit.
+    pub circuit_open: AtomicU64,
+    /// Calls refused by the bulkhead.
+    pub bulkhead_full: AtomicU64,
+    /// Calls answered by the fallback.
+    pub fallbacks: AtomicU64,
+    /// Calls refused for depth.
+    pub too_deep: AtomicU64,
+}
+
+/// One allowed edge (caller -> callee) and its guards; shared by all
+/// versions of the caller.
+pub struct Edge {
+    /// The calling component.
+    pub caller: Arc<str>,
+    /// Its settings.
+    pub spec: CallSpec,
+    /// Its circuit breaker.
+    pub breaker: Breaker,
+    bulkhead: Arc<Semaphore>,
+    cache: Option<Mutex<ResultCache>>,
+    /// Its counters.
+    pub stats: EdgeStats,
+}
+
+/// The last results per arguments, for the cache fallback (first in, first out).
+struct ResultCache {
+    capacity: usize,
+    entries: HashMap<String, Vec<Val>>,
+    order: VecDeque<String>,
+}
+
+impl ResultCache {
+    fn put(&mut self, key: String, results: &[Val]) {
+        if self.entries.insert(key.clone(), results.to_vec()).is_none() {
+            self.order.push_back(key);
+            if self.order.len() > self.capacity
+                && let Some(old) = self.order.pop_front()
+            {
+                self.entries.remove(&old);
+            }
+        }
+    }
+}
+
+impl Edge {
+    /// An edge with fresh guards.
+    pub fn new(caller: Arc<str>, spec: CallSpec) -> Edge {
+        Edge {
+            caller,
+            breaker: Breaker::new(spec.breaker.clone()),
+            bulkhead: Arc::new(Semaphore::new(spec.max_concurrent as usize)),
+            cache: match spec.fallback {
+                Some(Fallback::Cache(n)) => Some(Mutex::new(ResultCache {
+                    capacity: n,
+                    entries: HashMap::new(),
+                    order: VecDeque::new(),
+                })),
+                _ => None,
+            },
+            stats: EdgeStats::default(),
+            spec,
+        }
+    }
+
+    /// The breaker's state now.
+    pub fn breaker_state(&self) -> Snapshot {
+        self.breaker.snapshot(Instant::now())
+    }
+
+    fn idempotent(&self, function: &str) -> bool {
+        self.spec
+            .idempotent
+            .iter()
+            .any(|f| f == "*" || f == function)
+    }
+
+    fn cache_key(function: &str, params: &[Val]) -> String {
+        format!("{function}{params:?}")
+    }
+}
+
+/// Defines a trampoline for every function of every call import on `linker`.
+pub fn link(
+    linker: &mut Linker<InstanceState>,
+    imports: &[CallImport],
+    edges: &BTreeMap<String, Arc<Edge>>,
+    registry: &RegistryHandle,
+    max_depth: u32,
+) -> anyhow::Result<()> {
+    for import in imports {
+        let mut instance = linker.instance(&import.name)?;
+        let target = Arc::new(Target {
+            interface: import.interface.clone(),
+            edges: edges.values().cloned().collect(),
+            registry: registry.clone(),
+            max_depth,
+        });
+        for f in &import.functions {
+            let target = target.clone();
+            let function: Arc<str> = Arc::from(f.name.as_str());
+            instance.func_new_async(&f.name, move |store, _ty, params, results| {
+                let target = target.clone();
+                let function = function.clone();
+                Box::new(async move {
+                    target
+                        .call(store, &function, params, results)
+                        .await
+                        .map_err(wasmtime::Error::new)
+                })
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// What one imported interface's trampolines share.
+struct Target {
+    interface: InterfaceName,
+    edges: Vec<Arc<Edge>>,
+    registry: RegistryHandle,
+    max_depth: u32,
+}
+
+impl Target {
+    async fn call(
+        &self,
+        mut store: StoreContextMut<'_, InstanceState>,
+        function: &str,
+        params: &[Val],
+        results: &mut [Val],
+    ) -> Result<(), CallError> {
+        let caller = store.data().component().clone();
+        let depth = store.data().depth() + 1;
+        let deadline = store.data().deadline();
+        let traceparent = store.data().bus().traceparent.clone();
+        let fail = |failure: CallFailure, callee: &str, detail: String| CallError {
+            failure,
+            caller: caller.to_string(),
+            callee: callee.to_string(),
+            function: format!("{}#{function}", self.interface.path),
+            detail,
+        };
+        let registry =
+            self.registry.get().and_then(Weak::upgrade).ok_or_else(|| {
+                fail(CallFailure::Unavailable, "?", "the host is stopping".into())
+            })?;
+        // The allowed callee serving this interface now (checked at deploy).
+        let active: Vec<(&str, Arc<ComponentRuntime>)> = self
+            .edges
+            .iter()
+            .filter_map(|e| {
+                let service = registry.service(&e.spec.callee)?;
+                Some((e.spec.callee.as_str(), service.deployment().active.clone()?))
+            })
+            .collect();
+        let Some((callee, _, _)) = choose(
+            &self.interface,
+            active.iter().map(|(n, rt)| (*n, rt.as_ref())),
+        ) else {
+            return Err(fail(
+                CallFailure::Unavailable,
+                "?",
+                format!("no running component serves `{}`", self.interface.path),
+            ));
+        };
+        let callee = callee.to_string();
+        let edge = self
+            .edges
+            .iter()
+            .find(|e| e.spec.callee == callee)
+            .expect("the chosen callee is one of the edges");
+        edge.stats.calls.fetch_add(1, Ordering::Relaxed);
+        if depth > self.max_depth {
+            edge.stats.too_deep.fetch_add(1, Ordering::Relaxed);
+            return Err(fail(
+                CallFailure::TooDeep,
+                &callee,
+                format!(
+                    "this call would be {depth} deep; `[host] max_call_depth` is {}",
+                    self.max_depth
+                ),
+            ));
+        }
+        let span = tracing::debug_span!(
+            "call.invoke",
+            caller = %caller,
+            callee = %callee,
+            function = %format!("{}#{function}", self.interface.path),
+            outcome = tracing::field::Empty,
+            attempts = tracing::field::Empty,
+        );
+        let call = CallContext {
+            registry: &registry,
+            edge,
+            interface: &self.interface,
+            function,
+            deadline,
+            depth,
+            traceparent,
+        };
+        let result = call
+            .run(store.data_mut(), params, results)
+            .instrument(span.clone())
+            .await;
+        span.record(
+            "outcome",
+            match &result {
+                Ok(how) => how.as_str(),
+                Err((f, _)) => f.as_str(),
+            },
+        );
+        match result {
+            Ok(_) => Ok(()),
+            Err((failure, detail)) => {
+                tracing::warn!(caller = %caller, callee = %callee, function, failure = failure.as_str(), "{detail}");
+                Err(fail(failure, &callee, detail))
+            }
+        }
+    }
+}
+
+/// How a call was answered.
+enum Answered {
+    Callee,
+    Fallback,
+}
+
+impl Answered {
+    fn as_str(&self) -> &'static str {
+        match self {
+            Answered::Callee => "ok",
+            Answered::Fallback => "fallback",
+        }
+    }
+}
+
+/// One call in progress.
+struct CallContext<'a> {
+    registry: &'a Registry,
+    edge: &'a Edge,
+    interface: &'a InterfaceName,
+    function: &'a str,
+    deadline: Instant,
+    depth: u32,
+    traceparent: Option<String>,
+}
+
+type Failure = (CallFailure, String);
+
+impl CallContext<'_> {
+    async fn run(
+        &self,
+        caller: &mut InstanceState,
+        params: &[Val],
+        results: &mut [Val],
+    ) -> Result<Answered, Failure> {
+        let edge = self.edge;
+        let outcome = match edge.bulkhead.clone().try_acquire_owned() {
+            Err(_) => {
+                edge.stats.bulkhead_full.fetch_add(1, Ordering::Relaxed);
+                Err((
+                    CallFailure::BulkheadFull,
+                    format!(
+                        "{} calls are already in flight from `{}` (max_concurrent)",
+                        edge.spec.max_concurrent, edge.caller
+                    ),
+                ))
+            }
+            Ok(_permit) => self.attempts(caller, params, results).await,
+        };
+        match outcome {
+            Ok(()) => {
+                edge.stats.ok.fetch_add(1, Ordering::Relaxed);
+                if let Some(cache) = &edge.cache {
+                    let key = Edge::cache_key(self.function, params);
+                    cache
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .put(key, results);
+                }
+                Ok(Answered::Callee)
+            }
+            Err(failure) => match self.fallback(caller, params, results).await {
+                Some(()) => {
+                    edge.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(caller = %edge.caller, callee = %edge.spec.callee, function = self.function, failure = failure.0.as_str(), "answered from the fallback: {}", failure.1);
+                    Ok(Answered::Fallback)
+                }
+                None => Err(failure),
+            },
+        }
+    }
+
+    /// The call with its retries.
+    async fn attempts(
+        &self,
+        caller: &mut InstanceState,
+        params: &[Val],
+        results: &mut [Val],
+    ) -> Result<(), Failure> {
+        let edge = self.edge;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let ticket = match edge.breaker.admit(Instant::now()) {
+                Ok(t) => t,
+                Err(refused) => {
+                    edge.stats.circuit_open.fetch_add(1, Ordering::Relaxed);
+                    return Err((
+                        CallFailure::CircuitOpen,
+                        format!(
+                            "the circuit to `{}` is open; it probes again in {:?}",
+                            edge.spec.callee, refused.retry_in
+                        ),
+                    ));
+                }
+            };
+            let started = Instant::now();
+            let result = match self.registry.component(&edge.spec.callee) {
+                Some(rt) => self.once(&rt, caller, params, results).await,
+                None => Err((
+                    CallFailure::Unavailable,
+                    format!("`{}` is not running (removed?)", edge.spec.callee),
+                )),
+            };
+            let took = started.elapsed();
+            let failed = result.is_err();
+            edge.breaker.record(
+                ticket,
+                Outcome {
+                    failed,
+                    slow: edge.breaker.is_slow(took),
+                },
+                Instant::now(),
+            );
+            let Err((failure, detail)) = result else {
+                return Ok(());
+            };
+            edge.stats.failed.fetch_add(1, Ordering::Relaxed);
+            if failure == CallFailure::Timeout {
+                edge.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+            }
+            // Retry only what is safe to repeat, and only within the budget.
+            let backoff = edge.spec.retry_backoff.as_secs_f64()
+                * 2f64.powi(attempt.saturating_sub(1).min(20) as i32);
+            let backoff = Duration::from_secs_f64(backoff / 2.0 + fastrand::f64() * backoff / 2.0);
+            let retry = failure.retryable()
+                && edge.idempotent(self.function)
+                && attempt <= edge.spec.retries
+                && Instant::now() + backoff < self.deadline;
+            if !retry {
+                let tried = match attempt {
+                    1 => String::new(),
+                    n => format!(" (after {n} attempts)"),
+                };
+                return Err((failure, format!("{detail}{tried}")));
+            }
+            edge.stats.retries.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(callee = %edge.spec.callee, function = self.function, attempt, ?backoff, "retrying: {detail}");
+            tokio::time::sleep(backoff).await;
+        }
+    }
+
+    /// One attempt: a fresh instance of `rt`, the function, the values back.
+    async fn once(
+        &self,
+        rt: &Arc<ComponentRuntime>,
+        caller: &mut InstanceState,
+        params: &[Val],
+        results: &mut [Val],
+    ) -> Result<(), Failure> {
+        let Some(export) = rt.call_exports.get(&self.interface.path) else {
+            return Err((
+                CallFailure::Unavailable,
+                format!(
+                    "`{}` {} does not export `{}`",
+                    rt.name, rt.version, self.interface.path
+                ),
+            ));
+        };
+        let Some((index, _)) = export.functions.get(self.function) else {
+            return Err((
+                CallFailure::Unavailable,
+                format!(
+                    "`{}` {} has no function `{}`",
+                    rt.name, rt.version, self.function
+                ),
+            ));
+        };
+        let size: usize = params.iter().map(value_size).sum();
+        if size > rt.limits.memory as usize {
+            return Err((
+                CallFailure::TooLarge,
+                format!(
+                    "the arguments take {size} bytes, more than `{}`'s memory limit ({} bytes)",
+                    rt.name, rt.limits.memory
+                ),
+            ));
+        }
+        let Ok(_permit) = rt.concurrency.clone().try_acquire_owned() else {
+            return Err((
+                CallFailure::Unavailable,
+                format!(
+                    "`{}` is at its concurrency limit ({})",
+                    rt.name, rt.limits.max_concurrency
+                ),
+            ));
+        };
+        let _in_flight = rt.stats.enter();
+        let deadline = match self.edge.spec.timeout {
+            Some(t) => self.deadline.min(Instant::now() + t),
+            None => self.deadline,
+        };
+        let mut store = sandbox::new_store(&rt.engine, &rt.grants, deadline);
+        store.data_mut().set_depth(self.depth);
+        store.data_mut().bus_mut().traceparent = self.traceparent.clone();
+        let run = async {
+            let instance = rt.pre.instantiate_async(&mut store).await?;
+            let func = instance
+                .get_func(&mut store, index)
+                .ok_or_else(|| wasmtime::Error::msg("the export is not a function"))?;
+            func.call_async(&mut store, params, results).await
+        };
+        let grace = tokio::time::Instant::from_std(deadline + 2 * EPOCH_TICK);
+        let result = match tokio::time::timeout_at(grace, run).await {
+            Ok(r) => r,
+            Err(_) => Err(wasmtime::Error::new(DeadlineExceeded)),
+        };
+        rt.stats.record(result.is_err());
+        match result {
+            Ok(()) => {
+                // Its writes and messages become the caller's to make durable.
+                caller.adopt(store.data_mut());
+                Ok(())
+            }
+            Err(e) if e.downcast_ref::<DeadlineExceeded>().is_some() => Err((
+                CallFailure::Timeout,
+                match self.edge.spec.timeout {
+                    Some(t) if deadline < self.deadline => {
+                        format!("no answer within the edge's timeout ({t:?})")
+                    }
+                    _ => "no answer within the caller's remaining deadline".to_string(),
+                },
+            )),
+            Err(e) => {
+                // A callee's own failed call keeps its kind (and its message).
+                if let Some(inner) = e.downcast_ref::<CallError>() {
+                    return Err((inner.failure.clone(), inner.to_string()));
+                }
+                let what = match e.downcast_ref::<wasmtime::Trap>() {
+                    Some(trap) => format!("trap: {trap}"),
+                    None => e.root_cause().to_string(),
+                };
+                Err((
+                    CallFailure::Failed,
+                    format!("`{}` {} {what}", rt.name, rt.version),
+                ))
+            }
+        }
+    }
+
+    /// The fallback's answer, if the edge has one and it can answer.
+    async fn fallback(
+        &self,
+        caller: &mut InstanceState,
+        params: &[Val],
+        results: &mut [Val],
+    ) -> Option<()> {
+        match self.edge.spec.fallback.as_ref()? {
+            Fallback::Cache(_) => {
+                let cache = self.edge.cache.as_ref()?;
+                let key = Edge::cache_key(self.function, params);
+                let cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+                let hit = cache.entries.get(&key)?;
+                for (slot, value) in results.iter_mut().zip(hit) {
+                    *slot = value.clone();
+                }
+                Some(())
+            }
+            Fallback::Component(name) => {
+                let rt = self.registry.component(name)?;
+                if let Err((f, detail)) = self.once(&rt, caller, params, results).await {
+                    tracing::warn!(fallback = %name, failure = f.as_str(), "the fallback failed too: {detail}");
+                    return None;
+                }
+                Some(())
+            }
+        }
+    }
+}
+
+/// Bytes a value copies into the callee (strings and lists; a lower bound
+/// for the rest).
+fn value_size(v: &Val) -> usize {
+    match v {
+        Val::String(s) => s.len(),
+        Val::List(items) | Val::Tuple(items) => items.iter().map(value_size).sum::<usize>() + 8,
+        Val::Record(fields) => fields.iter().map(|(_, v)| value_size(v)).sum(),
+        Val::Variant(_, Some(v)) | Val::Option(Some(v)) => value_size(v),
+        Val::Result(Ok(Some(v)) | Err(Some(v))) => value_size(v),
+        _ => 8,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn semver_compatibility() {
+        let import = InterfaceName::parse("shop:pricing/quote@1.2.0");
+        assert_eq!(import.path, "shop:pricing/quote");
+        let v = |s: &str| semver::Version::parse(s).unwrap();
+        assert!(import.accepts(Some(&v("1.2.0"))));
+        assert!(import.accepts(Some(&v("1.9.3"))));
+        assert!(!import.accepts(Some(&v("1.1.9"))));
+        assert!(!import.accepts(Some(&v("2.0.0"))));
+        assert!(!import.accepts(None));
+        assert_eq!(import.range(), "1.x >= 1.2.0");
+        let zero = InterfaceName::parse("a:b/c@0.3.1");
+        assert!(zero.accepts(Some(&v("0.3.4"))));
+        assert!(!zero.accepts(Some(&v("0.4.0"))));
+        assert_eq!(zero.range(), "0.3.x >= 0.3.1");
+        assert!(InterfaceName::parse("a:b/c").accepts(None));
+    }
+
+    #[test]
+    fn failures_map_to_statuses() {
+        assert_eq!(CallFailure::CircuitOpen.status(), 503);
+        assert_eq!(CallFailure::Timeout.status(), 504);
+        assert_eq!(CallFailure::Failed.status(), 502);
+        assert_eq!(CallFailure::TooDeep.status(), 508);
+        let e = CallError {
+            failure: CallFailure::CircuitOpen,
+            caller: "booking".into(),
+            callee: "pricing".into(),
+            function: "shop:pricing/quote#greet".into(),
+            detail: "open".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "call from `booking` to `pricing` `shop:pricing/quote#greet` failed: circuit open (open)"
+        );
+    }
+
+    #[test]
+    fn the_cache_keeps_the_newest_entries() {
+        let mut c = ResultCache {
+            capacity: 2,
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+        };
+        for i in 0..3u32 {
+            c.put(format!("k{i}"), &[Val::U32(i)]);
+        }
+        assert!(!c.entries.contains_key("k0"));
+        assert_eq!(c.entries["k2"], vec![Val::U32(2)]);
+        assert_eq!(value_size(&Val::String("abc".into())), 3);
+    }
+}

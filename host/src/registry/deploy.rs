@@ -1294,12 +1294,31 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
-/// The `package.version` of a crate directory's Cargo.toml, when it is a
-/// literal semver (not `version.workspace = true`).
+/// The `package.version` of a crate directory's Cargo.toml, following
+/// `version.workspace = true` to the workspace's `[workspace.package]`.
 fn crate_version(source: &Path) -> Option<semver::Version> {
-    let text = std::fs::read_to_string(source.join("Cargo.toml")).ok()?;
-    let doc: toml::Table = text.parse().ok()?;
-    doc.get("package")?.get("version")?.as_str()?.parse().ok()
+    let read = |dir: &Path| -> Option<toml::Table> {
+        std::fs::read_to_string(dir.join("Cargo.toml"))
+            .ok()?
+            .parse()
+            .ok()
+    };
+    let manifest = read(source)?;
+    let version = manifest.get("package")?.get("version")?;
+    if let Some(v) = version.as_str() {
+        return v.parse().ok();
+    }
+    // Inherited: the nearest parent directory with a [workspace] table.
+    version.get("workspace")?.as_bool()?.then_some(())?;
+    source.ancestors().skip(1).find_map(|dir| {
+        let ws = read(dir)?;
+        let v = ws
+            .get("workspace")?
+            .get("package")?
+            .get("version")?
+            .as_str()?;
+        v.parse().ok()
+    })
 }
 
 /// A `source` is a .wasm file, or a crate directory to build first.
@@ -1319,4 +1338,40 @@ pub async fn resolve_source(source: &Path) -> anyhow::Result<PathBuf> {
         );
     }
     Ok(source.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crate_versions_are_read_directly_or_from_the_workspace() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path();
+        std::fs::write(
+            ws.join("Cargo.toml"),
+            "[workspace]\nmembers = [\"a\", \"b\"]\n[workspace.package]\nversion = \"2.3.4\"\n",
+        )
+        .unwrap();
+        for (name, version) in [
+            ("a", "version = \"1.0.1\""),
+            ("b", "version.workspace = true"),
+        ] {
+            std::fs::create_dir(ws.join(name)).unwrap();
+            std::fs::write(
+                ws.join(name).join("Cargo.toml"),
+                format!("[package]\nname = \"{name}\"\n{version}\n"),
+            )
+            .unwrap();
+        }
+        assert_eq!(
+            crate_version(&ws.join("a")),
+            Some(semver::Version::new(1, 0, 1))
+        );
+        assert_eq!(
+            crate_version(&ws.join("b")),
+            Some(semver::Version::new(2, 3, 4))
+        );
+        assert_eq!(crate_version(&ws.join("missing")), None);
+    }
 }

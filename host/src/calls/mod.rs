@@ -304,35 +304,66 @@ pub fn check_imports(
             continue;
         };
         // Every running version of the chosen callee must serve it (a
-        // canary as much as the active one).
-        for rt in running(callee) {
-            let Some(export) = rt.call_exports.get(&import.interface.path) else {
+        // canary as much as the active one), and so must a fallback component.
+        let callee = callee.to_string();
+        for rt in running(&callee) {
+            problems.extend(serves(caller, &callee, &rt, import, ""));
+        }
+        if let Some(Fallback::Component(fallback)) =
+            allowed.get(&callee).and_then(|c| c.fallback.as_ref())
+        {
+            let versions = running(fallback);
+            if versions.is_empty() {
                 problems.push(format!(
-                    "`{callee}` {} does not export `{}` that `{caller}` imports",
-                    rt.version, import.interface.path
+                    "`{fallback}`, the fallback of `{caller}`'s calls to `{callee}`, is not running"
                 ));
-                continue;
-            };
-            if !import.interface.accepts(export.version.as_ref()) {
-                problems.push(format!(
-                    "`{callee}` {} exports `{}`, which is not compatible with `{caller}`'s import `{}` (needs {})",
-                    rt.version, export.name, import.name, import.interface.range()
-                ));
-                continue;
             }
-            for f in &import.functions {
-                match export.functions.get(&f.name) {
-                    None => problems.push(format!(
-                        "`{callee}` {} exports `{}` without the function `{}` that `{caller}` imports",
-                        rt.version, export.name, f.name
-                    )),
-                    Some((_, ty)) if !same_type(ty, &f.ty) => problems.push(format!(
-                        "`{callee}` {} exports `{}` function `{}` with a different type than `{caller}` imports (parameters or results differ)",
-                        rt.version, export.name, f.name
-                    )),
-                    Some(_) => {}
-                }
+            let role = format!(" (the fallback of `{caller}`'s calls to `{callee}`)");
+            for rt in versions {
+                problems.extend(serves(caller, fallback, &rt, import, &role));
             }
+        }
+    }
+    problems
+}
+
+/// What keeps one version of `callee` from serving `caller`'s import.
+fn serves(
+    caller: &str,
+    callee: &str,
+    rt: &ComponentRuntime,
+    import: &CallImport,
+    role: &str,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let Some(export) = rt.call_exports.get(&import.interface.path) else {
+        problems.push(format!(
+            "`{callee}`{role} {} does not export `{}` that `{caller}` imports",
+            rt.version, import.interface.path
+        ));
+        return problems;
+    };
+    if !import.interface.accepts(export.version.as_ref()) {
+        problems.push(format!(
+            "`{callee}`{role} {} exports `{}`, which is not compatible with `{caller}`'s import `{}` (needs {})",
+            rt.version,
+            export.name,
+            import.name,
+            import.interface.range()
+        ));
+        return problems;
+    }
+    for f in &import.functions {
+        match export.functions.get(&f.name) {
+            None => problems.push(format!(
+                "`{callee}`{role} {} exports `{}` without the function `{}` that `{caller}` imports",
+                rt.version, export.name, f.name
+            )),
+            Some((_, ty)) if !same_type(ty, &f.ty) => problems.push(format!(
+                "`{callee}`{role} {} exports `{}` function `{}` with a different type than `{caller}` imports (parameters or results differ)",
+                rt.version, export.name, f.name
+            )),
+            Some(_) => {}
         }
     }
     problems
@@ -437,7 +468,11 @@ impl CallFailure {
 
 /// A failed call, which traps the caller.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("call from `{caller}` to `{callee}` `{function}` failed: {} ({detail})", .failure.as_str())]
+#[error(
+    "call from `{caller}` to `{callee}` `{function}` failed: {} ({detail}){}",
+    .failure.as_str(),
+    .origin.as_ref().map(|o| format!(", in the nested call {o}")).unwrap_or_default()
+)]
 pub struct CallError {
     /// What went wrong.
     pub failure: CallFailure,
@@ -449,6 +484,9 @@ pub struct CallError {
     pub function: String,
     /// More about it.
     pub detail: String,
+    /// Where it happened, when deeper in the call chain
+    /// (`` `b` -> `c` `iface#f` ``).
+    pub origin: Option<String>,
 }
 
 /// Counters of one edge.
@@ -606,6 +644,7 @@ impl Target {
             callee: callee.to_string(),
             function: format!("{}#{function}", self.interface.path),
             detail,
+            origin: None,
         };
         let registry =
             self.registry.get().and_then(Weak::upgrade).ok_or_else(|| {
@@ -657,6 +696,7 @@ impl Target {
             attempts = tracing::field::Empty,
         );
         let call = CallContext {
+            origin: Mutex::new(None),
             registry: &registry,
             edge,
             interface: &self.interface,
@@ -679,9 +719,34 @@ impl Target {
         match result {
             Ok(_) => Ok(()),
             Err((failure, detail)) => {
-                tracing::warn!(caller = %caller, callee = %callee, function, failure = failure.as_str(), "{detail}");
-                Err(fail(failure, &callee, detail))
+                let mut error = fail(failure, &callee, detail);
+                error.origin = call.origin.lock().unwrap_or_else(|e| e.into_inner()).take();
+                tracing::warn!(caller = %caller, callee = %callee, function, failure = error.failure.as_str(), origin = error.origin.as_deref().unwrap_or(""), "{}", error.detail);
+                Err(error)
             }
+        }
+    }
+}
+
+/// A breaker ticket that is given back if its call never finishes (its
+/// future dropped), so a half-open probe slot is never lost.
+struct Admitted<'a> {
+    breaker: &'a Breaker,
+    ticket: Option<breaker::Ticket>,
+}
+
+impl Admitted<'_> {
+    fn record(mut self, outcome: Outcome) {
+        if let Some(ticket) = self.ticket.take() {
+            self.breaker.record(ticket, outcome, Instant::now());
+        }
+    }
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            self.breaker.cancel(ticket);
         }
     }
 }
@@ -703,6 +768,8 @@ impl Answered {
 
 /// One call in progress.
 struct CallContext<'a> {
+    /// Where a failure deeper in the chain happened.
+    origin: Mutex<Option<String>>,
     registry: &'a Registry,
     edge: &'a Edge,
     interface: &'a InterfaceName,
@@ -770,7 +837,10 @@ impl CallContext<'_> {
         loop {
             attempt += 1;
             let ticket = match edge.breaker.admit(Instant::now()) {
-                Ok(t) => t,
+                Ok(ticket) => Admitted {
+                    breaker: &edge.breaker,
+                    ticket: Some(ticket),
+                },
                 Err(refused) => {
                     edge.stats.circuit_open.fetch_add(1, Ordering::Relaxed);
                     return Err((
@@ -791,15 +861,15 @@ impl CallContext<'_> {
                 )),
             };
             let took = started.elapsed();
-            let failed = result.is_err();
-            edge.breaker.record(
-                ticket,
-                Outcome {
-                    failed,
+            match &result {
+                // Not the callee's doing: the caller's arguments, or a call
+                // deeper down that the depth limit stopped (counted there).
+                Err((CallFailure::TooLarge | CallFailure::TooDeep, _)) => drop(ticket),
+                _ => ticket.record(Outcome {
+                    failed: result.is_err(),
                     slow: edge.breaker.is_slow(took),
-                },
-                Instant::now(),
-            );
+                }),
+            }
             let Err((failure, detail)) = result else {
                 return Ok(());
             };
@@ -912,7 +982,14 @@ impl CallContext<'_> {
             Err(e) => {
                 // A callee's own failed call keeps its kind (and its message).
                 if let Some(inner) = e.downcast_ref::<CallError>() {
-                    return Err((inner.failure.clone(), inner.to_string()));
+                    let origin = inner.origin.clone().unwrap_or_else(|| {
+                        format!(
+                            "`{}` -> `{}` `{}`",
+                            inner.caller, inner.callee, inner.function
+                        )
+                    });
+                    *self.origin.lock().unwrap_or_else(|e| e.into_inner()) = Some(origin);
+                    return Err((inner.failure.clone(), inner.detail.clone()));
                 }
                 let what = match e.downcast_ref::<wasmtime::Trap>() {
                     Some(trap) => format!("trap: {trap}"),
@@ -946,6 +1023,11 @@ impl CallContext<'_> {
             }
             Fallback::Component(name) => {
                 let rt = self.registry.component(name)?;
+                // (Checked at deploy; a version mismatch here would be a bug.)
+                let export = rt.call_exports.get(&self.interface.path)?;
+                if !self.interface.accepts(export.version.as_ref()) {
+                    return None;
+                }
                 if let Err((f, detail)) = self.once(&rt, caller, params, results).await {
                     tracing::warn!(fallback = %name, failure = f.as_str(), "the fallback failed too: {detail}");
                     return None;
@@ -956,15 +1038,19 @@ impl CallContext<'_> {
     }
 }
 
-/// Bytes a value copies into the callee (strings and lists; a lower bound
-/// for the rest).
+/// Bytes a value copies into the callee (as laid out in its memory, without
+/// padding).
 fn value_size(v: &Val) -> usize {
     match v {
-        Val::String(s) => s.len(),
-        Val::List(items) | Val::Tuple(items) => items.iter().map(value_size).sum::<usize>() + 8,
+        Val::Bool(_) | Val::U8(_) | Val::S8(_) => 1,
+        Val::U16(_) | Val::S16(_) => 2,
+        Val::U32(_) | Val::S32(_) | Val::Float32(_) | Val::Char(_) | Val::Enum(_) => 4,
+        Val::String(s) => s.len() + 8,
+        Val::List(items) => items.iter().map(value_size).sum::<usize>() + 8,
+        Val::Tuple(items) => items.iter().map(value_size).sum(),
         Val::Record(fields) => fields.iter().map(|(_, v)| value_size(v)).sum(),
-        Val::Variant(_, Some(v)) | Val::Option(Some(v)) => value_size(v),
-        Val::Result(Ok(Some(v)) | Err(Some(v))) => value_size(v),
+        Val::Variant(_, Some(v)) | Val::Option(Some(v)) => 4 + value_size(v),
+        Val::Result(Ok(Some(v)) | Err(Some(v))) => 4 + value_size(v),
         _ => 8,
     }
 }
@@ -1003,6 +1089,7 @@ mod tests {
             callee: "pricing".into(),
             function: "shop:pricing/quote#greet".into(),
             detail: "open".into(),
+            origin: None,
         };
         assert_eq!(
             e.to_string(),
@@ -1022,6 +1109,7 @@ mod tests {
         }
         assert!(!c.entries.contains_key("k0"));
         assert_eq!(c.entries["k2"], vec![Val::U32(2)]);
-        assert_eq!(value_size(&Val::String("abc".into())), 3);
+        assert_eq!(value_size(&Val::String("abc".into())), 11);
+        assert_eq!(value_size(&Val::List(vec![Val::U8(0); 1000])), 1008);
     }
 }

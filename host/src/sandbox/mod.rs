@@ -175,7 +175,13 @@ pub fn new_store(engine: &Engine, grants: &Grants, deadline: Instant) -> Store<I
         if Instant::now() >= deadline {
             Err(DeadlineExceeded.into())
         } else {
-            Ok(UpdateDeadline::Yield(1))
+            // tokio's own yield: a plain `Yield` wakes the task at once, and
+            // with as many spinning guests as workers the runtime would
+            // rarely get to its timers and sockets (other requests stall).
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::task::yield_now()),
+            ))
         }
     });
     store

@@ -323,6 +323,7 @@ mod tests {
         let view = RegistryView {
             components: vec![orders, mail, gone, component("quiet")],
             instances: 4,
+            call_denials: 0,
         };
         let expected = "\
 NAME    VERSION  DIGEST               CANARY     ROUTES               SUBSCRIPTIONS                 IN-FLIGHT  REQ/S  ERR%      HEALTH              CALLS
@@ -339,7 +340,8 @@ gone: 2026-11-22T08:40:00Z remove: removed (was 1.0.0)
         assert_eq!(
             render(&RegistryView {
                 components: vec![],
-                instances: 0
+                instances: 0,
+                call_denials: 0,
             }),
             "no components\n"
         );

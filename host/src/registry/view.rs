@@ -21,6 +21,10 @@ pub struct RegistryView {
     pub components: Vec<ComponentView>,
     /// Component instances alive in the hosts' instance pools.
     pub instances: u64,
+    /// Call edges refused by policy (an import whose exporter the caller may
+    /// not call) since the host started.
+    #[serde(default)]
+    pub call_denials: u64,
 }
 
 /// One component.
@@ -293,6 +297,7 @@ impl Registry {
                 .filter_map(|e| e.pooling_allocator_metrics())
                 .map(|m| m.component_instances())
                 .sum(),
+            call_denials: crate::policy::call_denials(),
         }
     }
 }

@@ -17,6 +17,8 @@ use crate::{admin, gateway};
 
 /// A host that is serving.
 pub struct RunningHost {
+    /// What `/readyz` reports.
+    ready: Arc<std::sync::atomic::AtomicBool>,
     addr: SocketAddr,
     registry: Arc<Registry>,
     shutdown: watch::Sender<bool>,
@@ -102,11 +104,13 @@ impl LoadedApp {
         let admin_addr = gateway::local_addr(&admin_listener)?;
         admin::write_discovery(&data_dir, admin_addr)?;
         let (shutdown, rx) = watch::channel(false);
+        let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let admin = tokio::spawn(admin::serve(
             admin_listener,
             Arc::new(admin::AdminState {
                 bus: self.bus.clone(),
                 registry: self.registry.clone(),
+                ready: ready.clone(),
                 token: Arc::from(token),
             }),
             rx.clone(),
@@ -123,7 +127,10 @@ impl LoadedApp {
             rx,
             self.manifest.host.shutdown_grace,
         ));
+        // The listener is bound and accepting: ready.
+        ready.store(true, std::sync::atomic::Ordering::Release);
         Ok(RunningHost {
+            ready,
             addr,
             registry: self.registry,
             shutdown,
@@ -185,6 +192,7 @@ impl RunningHost {
     /// Stops accepting, lets in-flight requests finish (up to the grace
     /// period), then flushes the stores.
     pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.ready.store(false, std::sync::atomic::Ordering::Release);
         let _ = self.shutdown.send(true);
         self.served
             .await

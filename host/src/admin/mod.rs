@@ -15,7 +15,8 @@
 //! | `POST /v1/components/{name}/rollback?to=` | drop the canary, or activate a kept version |
 //! | `DELETE /v1/components/{name}` | stop serving it, after in-flight work drains |
 //!
-//! Errors are `{"error": "..."}`. A message's headers come from the request
+//! `GET /healthz`, `GET /readyz` and `GET /metrics` (Prometheus text) need no
+//! token. Errors are `{"error": "..."}`. A message's headers come from the request
 //! headers `atoll-header-<name>`, plus `traceparent` and `tracestate`.
 //!
 //! The CLI finds a host through two files in its `data_dir`: `admin.json`
@@ -62,6 +63,8 @@ pub struct AdminState {
     pub bus: Arc<Bus>,
     /// The components it deploys.
     pub registry: Arc<Registry>,
+    /// Whether the gateway serves (false while starting and stopping).
+    pub ready: Arc<std::sync::atomic::AtomicBool>,
     /// The bearer token every request must carry.
     pub token: Arc<str>,
 }
@@ -112,6 +115,9 @@ async fn handle(
     let span =
         tracing::info_span!("admin.request", method = %parts.method, path = parts.uri.path());
     async move {
+        if let Some(res) = open_endpoint(&state, &parts.method, parts.uri.path()) {
+            return res;
+        }
         let result = match routes::parse(&parts.method, &parts.uri, &parts.headers, &state.token) {
             Ok(action) => execute(&state, action, body).await,
             Err(e) => Err(e),
@@ -132,6 +138,54 @@ async fn handle(
     }
     .instrument(span)
     .await
+}
+
+/// The endpoints that need no token (probes and scrapers): `GET /healthz`,
+/// `GET /readyz`, `GET /metrics`. They reveal names and counts, never
+/// payloads or secrets.
+fn open_endpoint(
+    state: &AdminState,
+    method: &http::Method,
+    path: &str,
+) -> Option<Response<Full<Bytes>>> {
+    if method != http::Method::GET {
+        return None;
+    }
+    let text = |status: StatusCode, content_type: &'static str, body: String| {
+        let mut res = Response::new(Full::new(Bytes::from(body)));
+        *res.status_mut() = status;
+        res.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        res
+    };
+    match path {
+        "/healthz" => Some(text(StatusCode::OK, "text/plain", "ok\n".into())),
+        "/readyz" => {
+            let mut why = Vec::new();
+            if !state.ready.load(std::sync::atomic::Ordering::Acquire) {
+                why.push("the gateway is not serving (starting or stopping)".to_string());
+            }
+            for service in state.registry.services() {
+                if service.deployment().active.is_none() {
+                    why.push(format!("component `{}` is removed", service.name()));
+                }
+            }
+            Some(match why.is_empty() {
+                true => text(StatusCode::OK, "text/plain", "ready\n".into()),
+                false => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("not ready: {}\n", why.join("; ")),
+                ),
+            })
+        }
+        "/metrics" => Some(text(
+            StatusCode::OK,
+            crate::telemetry::metrics::CONTENT_TYPE,
+            crate::telemetry::metrics::render(&state.registry, &state.bus),
+        )),
+        _ => None,
+    }
 }
 
 async fn execute(

@@ -370,7 +370,8 @@ impl Subscription {
             );
         };
         let _in_flight = rt.stats.enter();
-        let deadline = Instant::now() + rt.limits.deadline;
+        let started = Instant::now();
+        let deadline = started + rt.limits.deadline;
         let mut store = sandbox::new_store(&rt.engine, &rt.grants, deadline);
         store.data_mut().bus_mut().traceparent = traceparent;
         let arg = Message {
@@ -399,6 +400,14 @@ impl Subscription {
         // A trap or a deadline counts against the version (a canary is
         // judged by it); a handler's own retry or reject does not.
         rt.stats.record(result.is_err());
+        rt.stats.observe(started.elapsed());
+        match &result {
+            Err(e) if e.downcast_ref::<DeadlineExceeded>().is_some() => {
+                rt.stats.limit(crate::registry::Limit::Deadline)
+            }
+            Err(_) => rt.stats.limit(crate::registry::Limit::Trap),
+            Ok(_) => {}
+        }
         let kv_dirty = store.data().kv_dirty();
         let staged = store.data_mut().bus_mut().take_staged();
         let verdict = match result {

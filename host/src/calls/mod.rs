@@ -948,6 +948,7 @@ impl CallContext<'_> {
             Some(t) => self.deadline.min(Instant::now() + t),
             None => self.deadline,
         };
+        let called = Instant::now();
         let mut store = sandbox::new_store(&rt.engine, &rt.grants, deadline);
         store.data_mut().set_depth(self.depth);
         store.data_mut().bus_mut().traceparent = self.traceparent.clone();
@@ -964,6 +965,16 @@ impl CallContext<'_> {
             Err(_) => Err(wasmtime::Error::new(DeadlineExceeded)),
         };
         rt.stats.record(result.is_err());
+        rt.stats.observe(called.elapsed());
+        match &result {
+            Err(e) if e.downcast_ref::<DeadlineExceeded>().is_some() => {
+                rt.stats.limit(crate::registry::Limit::Deadline)
+            }
+            Err(e) if e.downcast_ref::<CallError>().is_none() => {
+                rt.stats.limit(crate::registry::Limit::Trap)
+            }
+            _ => {}
+        }
         match result {
             Ok(()) => {
                 // Its writes and messages become the caller's to make durable.

@@ -21,7 +21,7 @@ use super::body::{DurableBody, Finished};
 use crate::calls::CallError;
 use crate::engine::EPOCH_TICK;
 use crate::kv::KvBackend;
-use crate::registry::{ComponentRuntime, Registry};
+use crate::registry::{ComponentRuntime, Limit, Registry};
 use crate::sandbox::{self, DeadlineExceeded};
 
 /// Routes and runs requests.
@@ -148,7 +148,9 @@ impl Gateway {
                         let span = tracing::Span::current();
                         span.record("component", &*rt.name);
                         span.record("version", tracing::field::display(&rt.version));
+                        let started = Instant::now();
                         let res = invoke(rt.clone(), self.kv.clone(), req, Mode::Request).await;
+                        rt.stats.answered(res.status().as_u16(), started.elapsed());
                         // The version's own 5xx count against it (a canary is
                         // judged by them), the host's limits do not. (A
                         // failure after the head is sent is not counted.)
@@ -251,6 +253,7 @@ where
         res.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         res.extensions_mut().insert(HostLimit);
+        rt.stats.limit(Limit::Concurrency);
         return res;
     }
     let head_only = req.method() == Method::HEAD;
@@ -403,6 +406,7 @@ fn failure_response(rt: &ComponentRuntime, outcome: Outcome) -> Response<Gateway
             ),
         ),
         Err(e) if e.downcast_ref::<DeadlineExceeded>().is_some() => {
+            rt.stats.limit(Limit::Deadline);
             tracing::warn!(component = %rt.name, deadline = ?rt.limits.deadline, "deadline exceeded");
             text_response(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -424,6 +428,7 @@ fn failure_response(rt: &ComponentRuntime, outcome: Outcome) -> Response<Gateway
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             res.extensions_mut().insert(HostLimit);
+            rt.stats.limit(Limit::Pool);
             res
         }
         Err(e) if e.downcast_ref::<CallError>().is_some() => {
@@ -444,6 +449,7 @@ fn failure_response(rt: &ComponentRuntime, outcome: Outcome) -> Response<Gateway
                 Some(trap) => trap.to_string(),
                 None => e.root_cause().to_string(),
             };
+            rt.stats.limit(Limit::Trap);
             tracing::warn!(component = %rt.name, error = ?e, "invocation failed");
             text_response(
                 StatusCode::INTERNAL_SERVER_ERROR,

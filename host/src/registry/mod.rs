@@ -18,7 +18,7 @@ mod view;
 mod watch;
 
 pub use deploy::{DeployError, DeployReport, DeployRequest, Origin, RegistryParts};
-pub use stats::{MAX_WINDOW, VersionStats, Window};
+pub use stats::{LATENCY_BOUNDS, Limit, MAX_WINDOW, VersionStats, Window};
 pub use store::{ComponentState, Event, RegistryStore, VersionRecord};
 pub use view::{
     CanaryView, ComponentView, EdgeView, HealthCheck, HealthView, RegistryView, VersionView,

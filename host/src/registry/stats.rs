@@ -13,6 +13,39 @@ use std::time::{Duration, Instant};
 pub const MAX_WINDOW: Duration = Duration::from_secs(300);
 const BUCKETS: usize = MAX_WINDOW.as_secs() as usize + 1;
 
+/// Upper bounds (seconds) of the latency histogram's buckets (`+Inf` after).
+pub const LATENCY_BOUNDS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5, 10.0,
+];
+
+/// Why the host stopped or refused an invocation of a version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// `max_concurrency` was reached (503).
+    Concurrency,
+    /// The instance pool was full (503).
+    Pool,
+    /// It ran past its deadline (504).
+    Deadline,
+    /// It trapped.
+    Trap,
+}
+
+impl Limit {
+    /// All of them, in order.
+    pub const ALL: [Limit; 4] = [Limit::Concurrency, Limit::Pool, Limit::Deadline, Limit::Trap];
+
+    /// Its label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::Concurrency => "concurrency",
+            Limit::Pool => "instance_pool",
+            Limit::Deadline => "deadline",
+            Limit::Trap => "trap",
+        }
+    }
+}
+
 /// Outcomes of one version.
 pub struct VersionStats {
     started: Instant,
@@ -20,6 +53,14 @@ pub struct VersionStats {
     errors: AtomicU64,
     in_flight: AtomicU64,
     buckets: Box<[Bucket]>,
+    /// HTTP answers by class (index = status / 100).
+    statuses: [AtomicU64; 6],
+    /// Latency histogram: per bucket (not cumulative), then `+Inf`.
+    latency: [AtomicU64; LATENCY_BOUNDS.len() + 1],
+    /// Sum of latencies in microseconds.
+    latency_sum_us: AtomicU64,
+    /// Refusals and stops by [`Limit`].
+    limits: [AtomicU64; 4],
 }
 
 #[derive(Default)]
@@ -71,6 +112,10 @@ impl Default for VersionStats {
             errors: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             buckets: (0..BUCKETS).map(|_| Bucket::default()).collect(),
+            statuses: Default::default(),
+            latency: Default::default(),
+            latency_sum_us: AtomicU64::new(0),
+            limits: Default::default(),
         }
     }
 }
@@ -102,6 +147,58 @@ impl VersionStats {
         }
         let counter = if failed { &bucket.failed } else { &bucket.ok };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records an HTTP answer's status and how long its head took.
+    pub fn answered(&self, status: u16, took: Duration) {
+        if let Some(class) = self.statuses.get(usize::from(status / 100)) {
+            class.fetch_add(1, Ordering::Relaxed);
+        }
+        self.observe(took);
+    }
+
+    /// Records how long an invocation took.
+    pub fn observe(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        let i = LATENCY_BOUNDS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BOUNDS.len());
+        self.latency[i].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a limit reached.
+    pub fn limit(&self, limit: Limit) {
+        self.limits[limit as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Times a limit was reached.
+    pub fn limits(&self, limit: Limit) -> u64 {
+        self.limits[limit as usize].load(Ordering::Relaxed)
+    }
+
+    /// HTTP answers of one class (`2` for 2xx).
+    pub fn statuses(&self, class: usize) -> u64 {
+        self.statuses
+            .get(class)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// The latency histogram: cumulative counts per bound (then `+Inf`), and the sum in seconds.
+    pub fn latency(&self) -> (Vec<u64>, f64) {
+        let mut total = 0;
+        let cumulative = self
+            .latency
+            .iter()
+            .map(|c| {
+                total += c.load(Ordering::Relaxed);
+                total
+            })
+            .collect();
+        let sum = self.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        (cumulative, sum)
     }
 
     /// Outcomes in the last `window` (whole seconds, the current one included).
@@ -165,6 +262,18 @@ mod tests {
             assert_eq!(s.in_flight(), 2);
         }
         assert_eq!(s.in_flight(), 0);
+        s.answered(200, Duration::from_micros(300));
+        s.answered(503, Duration::from_secs(20));
+        s.limit(Limit::Concurrency);
+        assert_eq!((s.statuses(2), s.statuses(5), s.statuses(4)), (1, 1, 0));
+        let (cumulative, sum) = s.latency();
+        assert_eq!(cumulative[1], 0); // <= 250 us
+        assert_eq!(cumulative[2], 1); // <= 500 us
+        assert_eq!(cumulative[LATENCY_BOUNDS.len() - 1], 1); // <= 10 s
+        assert_eq!(cumulative[LATENCY_BOUNDS.len()], 2); // +Inf
+        assert!((sum - 20.0003).abs() < 1e-9);
+        assert_eq!(s.limits(Limit::Concurrency), 1);
+        assert_eq!(s.limits(Limit::Trap), 0);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Logging and tracing setup. Span names follow `capability.op`
 //! (`gateway.request`, `component.invoke`, `kv`), always with `component`.
 
+pub mod metrics;
+
 use tracing_subscriber::EnvFilter;
 
 /// How log lines are written.

@@ -192,7 +192,8 @@ impl RunningHost {
     /// Stops accepting, lets in-flight requests finish (up to the grace
     /// period), then flushes the stores.
     pub async fn shutdown(self) -> anyhow::Result<()> {
-        self.ready.store(false, std::sync::atomic::Ordering::Release);
+        self.ready
+            .store(false, std::sync::atomic::Ordering::Release);
         let _ = self.shutdown.send(true);
         self.served
             .await

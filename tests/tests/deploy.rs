@@ -721,6 +721,14 @@ async fn admin_api_refusals() {
         409,
         "a canary must be a different version",
     );
+    // Other bytes under the active version's number cannot be a canary,
+    // even forced: the kept record of the active version would be replaced
+    // (and its binary pruned).
+    refused(
+        deploy(&h, "swap", &v2, "version=1.5.0&canary=10&force=true").await,
+        409,
+        "swap 1.5.0 is the active version's number; give the canary its own version",
+    );
     refused(
         api(
             &h,

@@ -221,10 +221,9 @@ async fn execute(
                 force,
                 origin: crate::registry::Origin::Deploy,
             };
-            let report = registry
-                .deploy(&name, bytes, request)
-                .await
-                .map_err(deploy_error)?;
+            let registry = registry.clone();
+            let report =
+                detached(async move { registry.deploy(&name, bytes, request).await }).await?;
             let status = if report.unchanged {
                 StatusCode::OK
             } else {
@@ -232,18 +231,27 @@ async fn execute(
             };
             json(status, &report)
         }
-        Action::Promote(name) => json(
-            StatusCode::OK,
-            &registry.promote(&name).await.map_err(deploy_error)?,
-        ),
-        Action::Rollback { name, to } => json(
-            StatusCode::OK,
-            &registry.rollback(&name, to).await.map_err(deploy_error)?,
-        ),
-        Action::Remove(name) => json(
-            StatusCode::OK,
-            &registry.remove(&name).await.map_err(deploy_error)?,
-        ),
+        Action::Promote(name) => {
+            let registry = registry.clone();
+            json(
+                StatusCode::OK,
+                &detached(async move { registry.promote(&name).await }).await?,
+            )
+        }
+        Action::Rollback { name, to } => {
+            let registry = registry.clone();
+            json(
+                StatusCode::OK,
+                &detached(async move { registry.rollback(&name, to).await }).await?,
+            )
+        }
+        Action::Remove(name) => {
+            let registry = registry.clone();
+            json(
+                StatusCode::OK,
+                &detached(async move { registry.remove(&name).await }).await?,
+            )
+        }
         Action::Publish {
             topic,
             id,
@@ -338,6 +346,24 @@ async fn read_body(
             format!("reading the request body failed: {e}"),
         )),
     }
+}
+
+/// Runs a registry change as a task of its own: hyper drops a request's
+/// future when its client disconnects (Ctrl-C, a timeout), and a change cut
+/// between writing the registry file and the swap would leave the file and
+/// what serves disagreeing.
+async fn detached<T: Send + 'static>(
+    change: impl std::future::Future<Output = Result<T, DeployError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::spawn(change)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the change failed: {e}"),
+            )
+        })?
+        .map_err(deploy_error)
 }
 
 fn deploy_error(e: DeployError) -> ApiError {

@@ -399,14 +399,19 @@ impl Subscription {
         };
         // A trap or a deadline counts against the version (a canary is
         // judged by it); a handler's own retry or reject does not.
-        rt.stats.record(result.is_err());
         rt.stats.observe(started.elapsed());
+        // A failed call the handler made is the callee's doing, not this version's.
         match &result {
+            Ok(_) => rt.stats.record(false),
+            Err(e) if e.downcast_ref::<crate::calls::CallError>().is_some() => {}
             Err(e) if e.downcast_ref::<DeadlineExceeded>().is_some() => {
+                rt.stats.record(true);
                 rt.stats.limit(crate::registry::Limit::Deadline)
             }
-            Err(_) => rt.stats.limit(crate::registry::Limit::Trap),
-            Ok(_) => {}
+            Err(_) => {
+                rt.stats.record(true);
+                rt.stats.limit(crate::registry::Limit::Trap)
+            }
         }
         let kv_dirty = store.data().kv_dirty();
         let staged = store.data_mut().bus_mut().take_staged();

@@ -82,9 +82,11 @@ impl InterfaceName {
         match (&self.version, offered) {
             (None, None) => true,
             (Some(want), Some(have)) => {
-                let same_line = match want.major {
-                    0 => have.major == 0 && have.minor == want.minor,
-                    major => have.major == major,
+                // Cargo's rule: 0.0.x is exact, 0.y.x shares y, else the major.
+                let same_line = match (want.major, want.minor) {
+                    (0, 0) => have.major == 0 && have.minor == 0 && have.patch == want.patch,
+                    (0, minor) => have.major == 0 && have.minor == minor,
+                    (major, _) => have.major == major,
                 };
                 same_line && have >= want
             }
@@ -96,6 +98,7 @@ impl InterfaceName {
     pub fn range(&self) -> String {
         match &self.version {
             None => "unversioned".to_string(),
+            Some(v) if v.major == 0 && v.minor == 0 => format!("exactly {v}"),
             Some(v) if v.major == 0 => format!("0.{}.x >= {v}", v.minor),
             Some(v) => format!("{}.x >= {v}", v.major),
         }
@@ -527,6 +530,9 @@ pub struct Edge {
     pub stats: EdgeStats,
 }
 
+/// Largest arguments plus results the cache fallback keeps, in bytes.
+const MAX_CACHED: usize = 64 << 10;
+
 /// The last results per arguments, for the cache fallback (first in, first out).
 struct ResultCache {
     capacity: usize,
@@ -579,8 +585,15 @@ impl Edge {
             .any(|f| f == "*" || f == function)
     }
 
-    fn cache_key(function: &str, params: &[Val]) -> String {
-        format!("{function}{params:?}")
+    /// The cache key: sha256 of the interface, function and arguments.
+    fn cache_key(interface: &str, function: &str, params: &[Val]) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(interface.as_bytes());
+        h.update(b"#");
+        h.update(function.as_bytes());
+        h.update(format!("{params:?}").as_bytes());
+        hex::encode(h.finalize())
     }
 }
 
@@ -805,8 +818,11 @@ impl CallContext<'_> {
         match outcome {
             Ok(()) => {
                 edge.stats.ok.fetch_add(1, Ordering::Relaxed);
-                if let Some(cache) = &edge.cache {
-                    let key = Edge::cache_key(self.function, params);
+                // Only small answers are kept: the cache is bounded by
+                // entries times MAX_CACHED bytes.
+                let size: usize = params.iter().chain(results.iter()).map(value_size).sum();
+                if let Some(cache) = edge.cache.as_ref().filter(|_| size <= MAX_CACHED) {
+                    let key = Edge::cache_key(&self.interface.path, self.function, params);
                     cache
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -836,6 +852,8 @@ impl CallContext<'_> {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
+            // Where a failure happened is about this attempt only.
+            self.origin.lock().unwrap_or_else(|e| e.into_inner()).take();
             let ticket = match edge.breaker.admit(Instant::now()) {
                 Ok(ticket) => Admitted {
                     breaker: &edge.breaker,
@@ -964,16 +982,25 @@ impl CallContext<'_> {
             Ok(r) => r,
             Err(_) => Err(wasmtime::Error::new(DeadlineExceeded)),
         };
-        rt.stats.record(result.is_err());
         rt.stats.observe(called.elapsed());
+        // Only what is this version's own doing counts against it (a canary
+        // is judged by it): not a failure of a call it made, not a full pool.
+        let pool_full = |e: &wasmtime::Error| {
+            e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                .is_some()
+        };
         match &result {
+            Ok(()) => rt.stats.record(false),
             Err(e) if e.downcast_ref::<DeadlineExceeded>().is_some() => {
+                rt.stats.record(true);
                 rt.stats.limit(crate::registry::Limit::Deadline)
             }
-            Err(e) if e.downcast_ref::<CallError>().is_none() => {
+            Err(e) if pool_full(e) => rt.stats.limit(crate::registry::Limit::Pool),
+            Err(e) if e.downcast_ref::<CallError>().is_some() => {}
+            Err(_) => {
+                rt.stats.record(true);
                 rt.stats.limit(crate::registry::Limit::Trap)
             }
-            _ => {}
         }
         match result {
             Ok(()) => {
@@ -989,6 +1016,10 @@ impl CallContext<'_> {
                     }
                     _ => "no answer within the caller's remaining deadline".to_string(),
                 },
+            )),
+            Err(e) if pool_full(&e) => Err((
+                CallFailure::Unavailable,
+                "the host is at its instance limit".to_string(),
             )),
             Err(e) => {
                 // A callee's own failed call keeps its kind (and its message).
@@ -1024,7 +1055,7 @@ impl CallContext<'_> {
         match self.edge.spec.fallback.as_ref()? {
             Fallback::Cache(_) => {
                 let cache = self.edge.cache.as_ref()?;
-                let key = Edge::cache_key(self.function, params);
+                let key = Edge::cache_key(&self.interface.path, self.function, params);
                 let cache = cache.lock().unwrap_or_else(|e| e.into_inner());
                 let hit = cache.entries.get(&key)?;
                 for (slot, value) in results.iter_mut().zip(hit) {
@@ -1039,7 +1070,11 @@ impl CallContext<'_> {
                 if !self.interface.accepts(export.version.as_ref()) {
                     return None;
                 }
-                if let Err((f, detail)) = self.once(&rt, caller, params, results).await {
+                // The reported failure stays the callee's, not the fallback's.
+                let origin = self.origin.lock().unwrap_or_else(|e| e.into_inner()).take();
+                let answered = self.once(&rt, caller, params, results).await;
+                *self.origin.lock().unwrap_or_else(|e| e.into_inner()) = origin;
+                if let Err((f, detail)) = answered {
                     tracing::warn!(fallback = %name, failure = f.as_str(), "the fallback failed too: {detail}");
                     return None;
                 }
@@ -1086,6 +1121,9 @@ mod tests {
         assert!(!zero.accepts(Some(&v("0.4.0"))));
         assert_eq!(zero.range(), "0.3.x >= 0.3.1");
         assert!(InterfaceName::parse("a:b/c").accepts(None));
+        let tiny = InterfaceName::parse("a:b/c@0.0.3");
+        assert!(tiny.accepts(Some(&v("0.0.3"))));
+        assert!(!tiny.accepts(Some(&v("0.0.4"))));
     }
 
     #[test]

@@ -915,18 +915,20 @@ fn call_spec(
                 RawFallback {
                     cache: Some(n),
                     component: None,
-                } if (1..=1_000_000).contains(&n) => Some(Fallback::Cache(n)),
+                } if (1..=10_000).contains(&n) => Some(Fallback::Cache(n)),
                 RawFallback {
                     cache: None,
                     component: Some(c),
-                } if declared.contains(&c) && c != caller => Some(Fallback::Component(c)),
+                } if declared.contains(&c) && c != caller && c != callee => {
+                    Some(Fallback::Component(c))
+                }
                 RawFallback {
                     cache: None,
                     component: Some(c),
                 } => {
                     return Err((
                         format!(
-                            "component `{caller}`: calls.{callee}: fallback component `{c}` is not another component of this manifest"
+                            "component `{caller}`: calls.{callee}: fallback component `{c}` must be another component of this manifest, neither the caller nor the callee"
                         ),
                         Some(span),
                     ));
@@ -934,7 +936,7 @@ fn call_spec(
                 _ => {
                     return Err((
                         format!(
-                            "component `{caller}`: calls.{callee}: write the fallback as `{{ cache = ENTRIES }}` (1 to 1000000 last results) or `{{ component = \"NAME\" }}`"
+                            "component `{caller}`: calls.{callee}: write the fallback as `{{ cache = ENTRIES }}` (1 to 10000 last results) or `{{ component = \"NAME\" }}`"
                         ),
                         Some(span),
                     ));

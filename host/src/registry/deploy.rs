@@ -213,6 +213,7 @@ impl Registry {
             keep_versions: manifest.host.keep_versions,
             max_call_depth: manifest.host.max_call_depth,
             handle: Default::default(),
+            calls_lock: tokio::sync::Mutex::new(()),
         };
         let total = manifest.components.len();
         let mut routes = Vec::new();
@@ -810,6 +811,13 @@ impl Registry {
                 report.total_ms = ms(started.elapsed());
                 return Ok(report);
             }
+            if request.canary.is_some() && active.version == version {
+                // A kept version is told apart by its number: a canary with
+                // the active one's would replace the active one's record.
+                return Err(DeployError::Conflict(format!(
+                    "{name} {version} is the active version's number; give the canary its own version"
+                )));
+            }
             if active.version == version && !request.force {
                 return Err(DeployError::Conflict(format!(
                     "{name} {version} is already deployed with different bytes (sha256:{} there, sha256:{} here); give the new build a new version, or pass --force to replace it",
@@ -817,7 +825,8 @@ impl Registry {
                     short(&digest)
                 )));
             }
-            if version < active.version && !request.force {
+            // Precedence ignores build metadata (`1.2.0+watch.3` is 1.2.0).
+            if version.cmp_precedence(&active.version).is_lt() && !request.force {
                 return Err(DeployError::Conflict(format!(
                     "{version} is older than the active {name} {}; pass --force to downgrade, or `atoll rollback {name} --to {version}` if it is kept",
                     active.version
@@ -845,9 +854,13 @@ impl Registry {
                 .collect(),
             None => vec![prepared.runtime.clone()],
         };
-        self.refuse_broken_calls(name, versions, || format!("version {version} of `{name}`"))?;
+        let what = || format!("version {version} of `{name}`");
+        self.refuse_broken_calls(name, versions.clone(), what)?;
         self.check_health(service, &prepared.runtime, &mut report)
             .await?;
+        // Checked again with other components' changes held off until the swap.
+        let _calls = self.calls_lock.lock().await;
+        self.refuse_broken_calls(name, versions, what)?;
 
         let record = record_of(&prepared.runtime, request.origin);
         let keep = self.keep_versions;
@@ -1060,11 +1073,12 @@ impl Registry {
             link_ms: ms(prepared.link),
             ..Default::default()
         };
-        self.refuse_broken_calls(name, vec![prepared.runtime.clone()], || {
-            format!("rolling `{name}` back to {}", target.version)
-        })?;
+        let what = || format!("rolling `{name}` back to {}", target.version);
+        self.refuse_broken_calls(name, vec![prepared.runtime.clone()], what)?;
         self.check_health(service, &prepared.runtime, &mut report)
             .await?;
+        let _calls = self.calls_lock.lock().await;
+        self.refuse_broken_calls(name, vec![prepared.runtime.clone()], what)?;
         let record = target.clone();
         let from = previous.clone();
         self.persist(name, move |c| {
@@ -1106,6 +1120,7 @@ impl Registry {
                 "`{name}` is already removed; `atoll deploy` or `atoll rollback {name} --to VERSION` brings it back"
             )));
         };
+        let calls = self.calls_lock.lock().await;
         self.refuse_broken_calls(name, Vec::new(), || format!("removing `{name}`"))?;
         let version = active.version.clone();
         self.persist(name, move |c| {
@@ -1115,26 +1130,41 @@ impl Registry {
         })
         .await?;
         service.swap(Deployment::default());
+        drop(calls);
         let max = service.spec.limits.max_concurrency;
         let in_flight = u64::from(max) - service.concurrency.available_permits() as u64;
         // Draining: every slot free means nothing runs on any version.
-        match tokio::time::timeout(DRAIN_TIMEOUT, service.concurrency.acquire_many(max)).await {
-            Ok(Ok(permits)) => drop(permits),
-            _ => tracing::warn!(
-                component = name,
-                "in-flight work did not finish within {DRAIN_TIMEOUT:?} of the remove"
+        let drained = match tokio::time::timeout(
+            DRAIN_TIMEOUT,
+            service.concurrency.acquire_many(max),
+        )
+        .await
+        {
+            Ok(Ok(permits)) => {
+                drop(permits);
+                true
+            }
+            _ => false,
+        };
+        let message = match drained {
+            true => format!(
+                "{name} removed: {} no longer serves; {in_flight} in-flight invocations finished",
+                active.version
             ),
-        }
-        let message = format!(
-            "{name} removed: {} no longer serves; {in_flight} in-flight invocations finished",
-            active.version
-        );
+            false => {
+                let still = u64::from(max) - service.concurrency.available_permits() as u64;
+                format!(
+                    "{name} removed: {} takes no new work, but {still} invocations were still running {DRAIN_TIMEOUT:?} later (they finish on their own, bounded by the deadline)",
+                    active.version
+                )
+            }
+        };
         tracing::info!(component = name, "{message}");
         Ok(DeployReport {
             component: name.to_string(),
             message,
             previous: Some(active.version.to_string()),
-            drained: Some(in_flight),
+            drained: drained.then_some(in_flight),
             total_ms: ms(started.elapsed()),
             ..Default::default()
         })

@@ -223,6 +223,10 @@ pub struct Registry {
     max_call_depth: u32,
     /// How call trampolines find this registry.
     handle: crate::calls::RegistryHandle,
+    /// Held from the last check of the components' calls to the swap of a
+    /// change, so two changes of different components cannot each pass the
+    /// check against the other's old version and together break a call.
+    calls_lock: tokio::sync::Mutex<()>,
 }
 
 impl Registry {

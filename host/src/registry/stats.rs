@@ -33,7 +33,12 @@ pub enum Limit {
 
 impl Limit {
     /// All of them, in order.
-    pub const ALL: [Limit; 4] = [Limit::Concurrency, Limit::Pool, Limit::Deadline, Limit::Trap];
+    pub const ALL: [Limit; 4] = [
+        Limit::Concurrency,
+        Limit::Pool,
+        Limit::Deadline,
+        Limit::Trap,
+    ];
 
     /// Its label value.
     pub fn as_str(self) -> &'static str {

@@ -128,6 +128,10 @@ pub fn now() -> String {
 pub struct RegistryStore {
     dir: PathBuf,
     state: Mutex<State>,
+    /// Held while binaries are written or pruned. Separate from `state`, so
+    /// reading the state (views, `/metrics`) never waits for a large
+    /// binary's write and fsync.
+    blobs: Mutex<()>,
 }
 
 impl RegistryStore {
@@ -150,6 +154,7 @@ impl RegistryStore {
         Ok(RegistryStore {
             dir,
             state: Mutex::new(state),
+            blobs: Mutex::new(()),
         })
     }
 
@@ -169,7 +174,7 @@ impl RegistryStore {
     }
 
     /// Like [`update`](Self::update), first keeping a binary the new state
-    /// refers to. Both happen under the state lock, so a concurrent
+    /// refers to. Both happen under the blob lock, so a concurrent
     /// [`prune_blobs`](Self::prune_blobs) never sees the binary unreferenced.
     pub fn update_with_blob<T>(
         &self,
@@ -177,10 +182,11 @@ impl RegistryStore {
         blob: Option<(&str, &[u8])>,
         change: impl FnOnce(&mut ComponentState) -> T,
     ) -> anyhow::Result<T> {
-        let mut state = self.lock();
+        let _blobs = blob.map(|_| self.blobs.lock().unwrap_or_else(|e| e.into_inner()));
         if let Some((digest, bytes)) = blob {
             self.save_blob(digest, bytes)?;
         }
+        let mut state = self.lock();
         let mut next = state.clone();
         let out = change(next.components.entry(name.to_string()).or_default());
         self.write(&next)?;
@@ -215,14 +221,22 @@ impl RegistryStore {
         })
     }
 
-    /// Deletes binaries no kept version refers to (holding the state lock
+    /// Deletes binaries no kept, active or canary version refers to (holding the blob lock
     /// throughout, so no update adds a reference meanwhile).
     pub fn prune_blobs(&self) {
-        let state = self.lock();
-        let wanted: std::collections::HashSet<String> = state
+        let _blobs = self.blobs.lock().unwrap_or_else(|e| e.into_inner());
+        // Every kept version, and whatever is active or the canary.
+        let wanted: std::collections::HashSet<String> = self
+            .lock()
             .components
             .values()
-            .flat_map(|c| c.versions.iter().map(|v| format!("{}.wasm", v.digest)))
+            .flat_map(|c| {
+                c.versions
+                    .iter()
+                    .chain(c.active.iter())
+                    .chain(c.canary.iter().map(|k| &k.version))
+                    .map(|v| format!("{}.wasm", v.digest))
+            })
             .collect();
         let Ok(entries) = std::fs::read_dir(self.dir.join("components")) else {
             return;

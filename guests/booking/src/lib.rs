@@ -10,9 +10,12 @@
 //! - `/spin?ms=N`, `/fail?code=N`: the number returned
 //! - `/size?bytes=N`: the result of `size` on N zero bytes
 //! - `/flaky?key=K`: the result of `flaky(K)`
-//! - `/bench?mode=remote|local&n=N`: `<total ns> <n>` for N calls of
-//!   `greet("x")` through the import (`remote`) or of a local function doing
-//!   the same formatting (`local`)
+//! - `/bench?mode=remote|local|empty&n=N`: times N calls of `greet("x")`
+//!   through the import (`remote`), of a local function doing the same
+//!   formatting (`local`), or of nothing (`empty`: what the clock itself
+//!   costs), each call on its own, and answers their percentiles in ns:
+//!   `p50=.. p90=.. p99=.. max=.. mean=.. total=.. n=..` (`total` is the
+//!   whole loop, clock readings included)
 //! - `/self`: `booking`, without any call
 //!
 //! A missing or malformed number is 400; any other path 404. A trap in the
@@ -105,28 +108,43 @@ fn number<T: FromStr>(req: &Request, name: &str) -> Result<T, Response> {
     })
 }
 
-/// Times n calls of `greet("x")`, remote or local; answers `<total ns> <n>`.
+/// Times n calls of `greet("x")` (remote or local) or of nothing (empty),
+/// each on its own; answers their percentiles (see the module docs).
 fn bench(req: &Request) -> Result<String, Response> {
-    let n: u64 = number(req, "n")?;
-    let remote = match req.query_param("mode").as_deref() {
-        Some("remote") => true,
-        Some("local") => false,
+    let n: usize = number(req, "n")?;
+    if n == 0 {
+        return Err(Response::bad_request("expected n >= 1\n"));
+    }
+    let mode = req.query_param("mode").unwrap_or_default();
+    // One indirect call in every mode, so `empty` is the clock plus the call site.
+    let call: fn() = match mode.as_str() {
+        "remote" => || drop(black_box(quote::greet(black_box("x")))),
+        "local" => || drop(black_box(local_greet(black_box("x")))),
+        "empty" => || {},
         _ => {
             return Err(Response::bad_request(
-                "expected mode=remote or mode=local\n",
+                "expected mode=remote, mode=local or mode=empty\n",
             ));
         }
     };
+    let mut took = Vec::with_capacity(n);
     let start = Instant::now();
     for _ in 0..n {
-        let answer = if remote {
-            quote::greet(black_box("x"))
-        } else {
-            local_greet(black_box("x"))
-        };
-        black_box(answer);
+        let t = Instant::now();
+        call();
+        took.push(t.elapsed().as_nanos() as u64);
     }
-    Ok(format!("{} {n}", start.elapsed().as_nanos()))
+    let total = start.elapsed().as_nanos();
+    took.sort_unstable();
+    let at = |q: f64| took[((n as f64 * q).ceil() as usize).clamp(1, n) - 1];
+    let mean = took.iter().sum::<u64>() / n as u64;
+    Ok(format!(
+        "p50={} p90={} p99={} max={} mean={mean} total={total} n={n}",
+        at(0.50),
+        at(0.90),
+        at(0.99),
+        took[n - 1],
+    ))
 }
 
 /// What `greet` does on the other side, for the local baseline.

@@ -424,8 +424,10 @@ fn pass(ok: bool) -> &'static str {
 async fn host_steps(rt: &ComponentRuntime, iters: u64) -> anyhow::Result<Vec<Vec<String>>> {
     let export = rt
         .call_exports
-        .get("test:calls/quote")
-        .context("pricing exports no test:calls/quote")?;
+        .best(&atoll::calls::InterfaceName::parse(
+            "test:calls/quote@1.2.0",
+        ))
+        .context("pricing exports no test:calls/quote@1.2.0")?;
     let (index, _) = *export
         .functions
         .get("greet")

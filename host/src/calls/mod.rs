@@ -136,8 +136,41 @@ pub struct CallExport {
     pub functions: HashMap<String, (ComponentExportIndex, ComponentFunc)>,
 }
 
+/// The interfaces a component exports to others, by `ns:pkg/iface`; one
+/// component may export several versions of one interface (say `@1.3.0` and
+/// `@2.0.0` while its callers move to the new major).
+#[derive(Clone, Default)]
+pub struct CallExports(HashMap<String, Vec<CallExport>>);
+
+impl CallExports {
+    /// The newest export that serves `import`.
+    pub fn best(&self, import: &InterfaceName) -> Option<&CallExport> {
+        self.0
+            .get(&import.path)?
+            .iter()
+            .filter(|e| import.accepts(e.version.as_ref()))
+            .max_by(|a, b| a.version.cmp(&b.version))
+    }
+
+    /// The names of every export of an interface (any version), for messages.
+    pub fn names(&self, path: &str) -> Option<String> {
+        let all = self.0.get(path)?;
+        Some(
+            all.iter()
+                .map(|e| format!("`{}`", e.name))
+                .collect::<Vec<_>>()
+                .join(", "),
+        )
+    }
+
+    /// Whether it exports nothing to other components.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// What a component imports from and exports to other components.
-pub type Interfaces = (Vec<CallImport>, HashMap<String, CallExport>);
+pub type Interfaces = (Vec<CallImport>, CallExports);
 
 /// The interfaces a component imports from and exports to other
 /// components; resources in them are refused (they cannot cross components).
@@ -176,7 +209,7 @@ pub fn interfaces(component: &Component, engine: &Engine) -> Result<Interfaces, 
             functions,
         });
     }
-    let mut exports = HashMap::new();
+    let mut exports: HashMap<String, Vec<CallExport>> = HashMap::new();
     for (name, item) in ty.exports(engine) {
         if is_host_interface(name) {
             continue;
@@ -207,18 +240,15 @@ pub fn interfaces(component: &Component, engine: &Engine) -> Result<Interfaces, 
         // components; importing it is what is refused.
         if clean {
             let parsed = InterfaceName::parse(name);
-            exports.insert(
-                parsed.path.clone(),
-                CallExport {
-                    name: name.to_string(),
-                    version: parsed.version,
-                    functions,
-                },
-            );
+            exports.entry(parsed.path).or_default().push(CallExport {
+                name: name.to_string(),
+                version: parsed.version,
+                functions,
+            });
         }
     }
     match problems.is_empty() {
-        true => Ok((imports, exports)),
+        true => Ok((imports, CallExports(exports))),
         false => Err(problems),
     }
 }
@@ -267,12 +297,7 @@ fn choose<'a>(
 ) -> Option<(&'a str, &'a ComponentRuntime, &'a CallExport)> {
     candidates
         .into_iter()
-        .filter_map(|(name, rt)| {
-            let export = rt.call_exports.get(&import.path)?;
-            import
-                .accepts(export.version.as_ref())
-                .then_some((name, rt, export))
-        })
+        .filter_map(|(name, rt)| Some((name, rt, rt.call_exports.best(import)?)))
         .max_by(|a, b| a.2.version.cmp(&b.2.version))
 }
 
@@ -339,23 +364,22 @@ fn serves(
     role: &str,
 ) -> Vec<String> {
     let mut problems = Vec::new();
-    let Some(export) = rt.call_exports.get(&import.interface.path) else {
+    let Some(names) = rt.call_exports.names(&import.interface.path) else {
         problems.push(format!(
             "`{callee}`{role} {} does not export `{}` that `{caller}` imports",
             rt.version, import.interface.path
         ));
         return problems;
     };
-    if !import.interface.accepts(export.version.as_ref()) {
+    let Some(export) = rt.call_exports.best(&import.interface) else {
         problems.push(format!(
-            "`{callee}`{role} {} exports `{}`, which is not compatible with `{caller}`'s import `{}` (needs {})",
+            "`{callee}`{role} {} exports {names}, which is not compatible with `{caller}`'s import `{}` (needs {})",
             rt.version,
-            export.name,
             import.name,
             import.interface.range()
         ));
         return problems;
-    }
+    };
     for f in &import.functions {
         match export.functions.get(&f.name) {
             None => problems.push(format!(
@@ -386,9 +410,7 @@ fn unserved(
             continue;
         }
         for rt in running(other) {
-            if let Some(e) = rt.call_exports.get(&import.interface.path)
-                && import.interface.accepts(e.version.as_ref())
-            {
+            if rt.call_exports.best(&import.interface).is_some() {
                 crate::policy::count_call_denial();
                 tracing::warn!(caller, callee = %other, interface = %import.name, "call denied by policy");
                 return format!(
@@ -401,12 +423,11 @@ fn unserved(
     // Exported, but in an incompatible version.
     for other in all_components {
         for rt in running(other) {
-            if let Some(e) = rt.call_exports.get(&import.interface.path) {
+            if let Some(names) = rt.call_exports.names(&import.interface.path) {
                 return format!(
-                    "`{caller}` imports `{}`, but `{other}` {} exports `{}`, which is not compatible (needs {})",
+                    "`{caller}` imports `{}`, but `{other}` {} exports {names}, which is not compatible (needs {})",
                     import.name,
                     rt.version,
-                    e.name,
                     import.interface.range()
                 );
             }
@@ -924,7 +945,7 @@ impl CallContext<'_> {
         params: &[Val],
         results: &mut [Val],
     ) -> Result<(), Failure> {
-        let Some(export) = rt.call_exports.get(&self.interface.path) else {
+        let Some(export) = rt.call_exports.best(self.interface) else {
             return Err((
                 CallFailure::Unavailable,
                 format!(
@@ -1066,10 +1087,7 @@ impl CallContext<'_> {
             Fallback::Component(name) => {
                 let rt = self.registry.component(name)?;
                 // (Checked at deploy; a version mismatch here would be a bug.)
-                let export = rt.call_exports.get(&self.interface.path)?;
-                if !self.interface.accepts(export.version.as_ref()) {
-                    return None;
-                }
+                rt.call_exports.best(self.interface)?;
                 // The reported failure stays the callee's, not the fallback's.
                 let origin = self.origin.lock().unwrap_or_else(|e| e.into_inner()).take();
                 let answered = self.once(&rt, caller, params, results).await;
@@ -1124,6 +1142,39 @@ mod tests {
         let tiny = InterfaceName::parse("a:b/c@0.0.3");
         assert!(tiny.accepts(Some(&v("0.0.3"))));
         assert!(!tiny.accepts(Some(&v("0.0.4"))));
+    }
+
+    #[test]
+    fn one_component_may_export_several_versions_of_an_interface() {
+        let export = |v: &str| CallExport {
+            name: format!("shop:pricing/quote@{v}"),
+            version: Some(v.parse().unwrap()),
+            functions: HashMap::new(),
+        };
+        let exports = CallExports(HashMap::from([(
+            "shop:pricing/quote".to_string(),
+            vec![export("1.3.0"), export("2.0.0"), export("1.5.0")],
+        )]));
+        let best = |import: &str| {
+            exports
+                .best(&InterfaceName::parse(import))
+                .map(|e| e.name.clone())
+        };
+        assert_eq!(
+            best("shop:pricing/quote@1.2.0").unwrap(),
+            "shop:pricing/quote@1.5.0"
+        );
+        assert_eq!(
+            best("shop:pricing/quote@2.0.0").unwrap(),
+            "shop:pricing/quote@2.0.0"
+        );
+        assert_eq!(best("shop:pricing/quote@3.0.0"), None);
+        assert_eq!(best("shop:other/quote@1.0.0"), None);
+        assert_eq!(
+            exports.names("shop:pricing/quote").unwrap(),
+            "`shop:pricing/quote@1.3.0`, `shop:pricing/quote@2.0.0`, `shop:pricing/quote@1.5.0`"
+        );
+        assert!(!exports.is_empty());
     }
 
     #[test]

@@ -77,7 +77,7 @@ pub struct ComponentRuntime {
     /// Interfaces it imports from other components.
     pub call_imports: Vec<crate::calls::CallImport>,
     /// Interfaces it exports to other components, by `ns:pkg/iface`.
-    pub call_exports: HashMap<String, crate::calls::CallExport>,
+    pub call_exports: crate::calls::CallExports,
 }
 
 impl ComponentRuntime {

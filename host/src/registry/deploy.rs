@@ -705,6 +705,20 @@ impl Registry {
         }
     }
 
+    /// The component `name` and its change lock: refused (409) while another
+    /// deploy, promote, rollback or remove of it is under way.
+    fn begin_change(
+        &self,
+        name: &str,
+    ) -> Result<(&Arc<Service>, tokio::sync::MutexGuard<'_, ()>), DeployError> {
+        let service = self.service_named(name)?;
+        let changing = service
+            .changing
+            .try_lock()
+            .map_err(|_| DeployError::Busy(name.to_string()))?;
+        Ok((service, changing))
+    }
+
     fn service_named(&self, name: &str) -> Result<&Arc<Service>, DeployError> {
         self.services.get(name).ok_or_else(|| {
             DeployError::UnknownComponent(
@@ -762,11 +776,7 @@ impl Registry {
         request: DeployRequest,
     ) -> Result<DeployReport, DeployError> {
         let started = Instant::now();
-        let service = self.service_named(name)?;
-        let _changing = service
-            .changing
-            .try_lock()
-            .map_err(|_| DeployError::Busy(name.to_string()))?;
+        let (service, _changing) = self.begin_change(name)?;
         check_component_bytes(&bytes).map_err(|e| DeployError::Invalid(format!("{e:#}")))?;
         let digest = sha256(&bytes);
         let version = request.version.clone();
@@ -925,11 +935,7 @@ impl Registry {
     /// Makes the canary the active version.
     pub async fn promote(&self, name: &str) -> Result<DeployReport, DeployError> {
         let started = Instant::now();
-        let service = self.service_named(name)?;
-        let _changing = service
-            .changing
-            .try_lock()
-            .map_err(|_| DeployError::Busy(name.to_string()))?;
+        let (service, _changing) = self.begin_change(name)?;
         let current = service.deployment();
         let Some(canary) = &current.canary else {
             return Err(DeployError::Conflict(format!(
@@ -976,11 +982,7 @@ impl Registry {
         to: Option<semver::Version>,
     ) -> Result<DeployReport, DeployError> {
         let started = Instant::now();
-        let service = self.service_named(name)?;
-        let _changing = service
-            .changing
-            .try_lock()
-            .map_err(|_| DeployError::Busy(name.to_string()))?;
+        let (service, _changing) = self.begin_change(name)?;
         let current = service.deployment();
         let active = current.active.clone();
         let previous = active.as_ref().map(|a| a.version.to_string());
@@ -1109,11 +1111,7 @@ impl Registry {
     /// Its versions stay kept: a deploy or rollback brings it back.
     pub async fn remove(&self, name: &str) -> Result<DeployReport, DeployError> {
         let started = Instant::now();
-        let service = self.service_named(name)?;
-        let _changing = service
-            .changing
-            .try_lock()
-            .map_err(|_| DeployError::Busy(name.to_string()))?;
+        let (service, _changing) = self.begin_change(name)?;
         let current = service.deployment();
         let Some(active) = current.active.clone() else {
             return Err(DeployError::Conflict(format!(

@@ -512,7 +512,8 @@ breaker = { window = 4, min_calls = 4, slow_call = "50ms", slow_call_rate = 0.5,
         took[0],
         took[took.len() - 1]
     );
-    assert!(median < Duration::from_millis(50), "{took:?}");
+    // (A figure, not an assertion: the bench measures; the test checks
+    // above that the callee was never entered.)
     h.stop().await;
 }
 
@@ -609,15 +610,13 @@ async fn spinning_callees_do_not_hold_up_other_requests() {
         took.push(sent.elapsed());
     }
     println!("GET /self while two callees spin on two workers: {took:?}");
+    // All five answered while both callees were still spinning: none waited
+    // for them to finish.
+    assert_eq!(component(&h, "pricing").in_flight, 2, "{took:?}");
     for t in spinning {
         answer(&t.await.unwrap(), 200, "1500");
     }
     h.stop().await;
-    let worst = took.iter().max().unwrap();
-    assert!(
-        *worst < Duration::from_millis(200),
-        "a request that makes no call waited {worst:?} for two busy callees: {took:?}"
-    );
 }
 
 /// A cache fallback answers a failed or refused call with the last result
@@ -789,10 +788,9 @@ async fn deadline_propagates_and_edge_timeout_tightens_it() {
         r.body
     );
     assert_eq!(r.status, 504, "{}", r.body);
-    assert!(
-        took >= Duration::from_millis(300) && took < Duration::from_millis(600),
-        "{took:?}"
-    );
+    // It waited out the deadline (no earlier); that the callee was stopped
+    // is checked below through its in-flight count.
+    assert!(took >= Duration::from_millis(300), "{took:?}");
     // The callee was stopped, not left spinning, and the host serves on.
     until_in_flight(&h, "pricing", 0).await;
     assert_eq!(component(&h, "booking").in_flight, 0);
@@ -807,7 +805,7 @@ async fn deadline_propagates_and_edge_timeout_tightens_it() {
 
     let h = TestHost::start(&app("timeout = \"100ms\"", "")).await;
     let sent = Instant::now();
-    let r = get(&h.url("/spin?ms=500")).await;
+    let r = get(&h.url("/spin?ms=5000")).await;
     let took = sent.elapsed();
     failed_with(&r, 504, &call_failed("spin", "timeout"));
     assert!(
@@ -816,8 +814,9 @@ async fn deadline_propagates_and_edge_timeout_tightens_it() {
         "{}",
         r.body
     );
+    // Cut by the timeout, not ended by the callee's own 5 s of spinning.
     assert!(
-        took >= Duration::from_millis(100) && took < Duration::from_millis(400),
+        took >= Duration::from_millis(100) && took < Duration::from_secs(5),
         "{took:?}"
     );
     until_in_flight(&h, "pricing", 0).await;

@@ -67,11 +67,10 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
 
 /// One component, precompiled at start (`atoll up` caches the artifact), with
-/// a health route. `SOURCE` is replaced by swap-v1's path: `manifest_text`'s
-/// `{name}` placeholders take letters and dashes only.
+/// a health route.
 const MANIFEST: &str = r#"
 [components.swap]
-source = "SOURCE"
+source = "{swap-v1}"
 version = "1.0.0"
 routes = ["/swap"]
 health = "/healthz"
@@ -145,8 +144,7 @@ fn main() -> anyhow::Result<()> {
         v1: std::fs::read(&v1)?.into(),
         v2: std::fs::read(atoll_tests::guest("swap-v2"))?.into(),
     };
-    let manifest = MANIFEST.replace("SOURCE", &v1.display().to_string());
-    let host = server_rt.block_on(TestHost::start(&manifest));
+    let host = server_rt.block_on(TestHost::start(MANIFEST));
     let token = std::fs::read_to_string(host.dir.path().join("admin.token"))?;
     let client_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

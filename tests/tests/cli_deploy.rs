@@ -127,15 +127,14 @@ async fn serving(host: &ChildHost) -> String {
     version
 }
 
-/// The manifest: swap-v1 as 1.0.0. (`manifest_text` replaces only
-/// placeholders of letters and dashes, so the path goes in here.)
+/// The manifest: swap-v1 as 1.0.0.
 fn manifest() -> (tempfile::TempDir, std::path::PathBuf) {
-    manifest_file(&MANIFEST.replace("SWAP_V1", &path("swap-v1")))
+    manifest_file(MANIFEST)
 }
 
 const MANIFEST: &str = r#"
 [components.swap]
-source = "SWAP_V1"
+source = "{swap-v1}"
 version = "1.0.0"
 routes = ["/..."]
 health = "/healthz"

@@ -30,24 +30,14 @@ routes = ["/swap"]
 health = "/healthz"
 "#;
 
-/// Fills in the swap guests' paths, which [`atoll_tests::manifest_text`]
-/// leaves alone (it replaces `{name}` only for names without digits).
-fn with_swap_guests(toml: &str) -> String {
-    let mut text = toml.to_string();
-    for name in ["swap-v1", "swap-v2"] {
-        text = text.replace(&format!("{{{name}}}"), &guest(name).display().to_string());
-    }
-    text
-}
-
 async fn start(toml: &str) -> TestHost {
-    TestHost::start(&with_swap_guests(toml)).await
+    TestHost::start(toml).await
 }
 
 /// Stops a host and starts another on its data dir.
 async fn restart(h: TestHost, toml: &str) -> TestHost {
     let dir = h.stop().await;
-    let host = TestHost::start_in(&with_swap_guests(toml), dir.path())
+    let host = TestHost::start_in(toml, dir.path())
         .await
         .expect("restarting host");
     TestHost { host, dir }

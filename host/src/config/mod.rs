@@ -4,6 +4,7 @@
 //! that collides with another component's is an error that names the file,
 //! the line and the key, so an operator can fix it without guessing.
 
+mod edge;
 mod units;
 
 use std::collections::BTreeMap;
@@ -15,6 +16,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use edge::{
+    ALGORITHMS, AuthProvider, BackendSpec, BackendTarget, CallLogSpec, Edge, GatewaySettings,
+    HealthCheckSpec, KeySource, OutlierSpec, RateKey, RateLimitSpec, RouteSpec, RouteTarget,
+    StaticSpec, Strategy, TlsSpec, UpstreamSpec,
+};
 pub use units::{ByteSize, parse_duration, parse_size};
 
 /// Default listen address of the gateway.
@@ -35,6 +41,9 @@ pub struct Manifest {
     pub components: BTreeMap<String, ComponentSpec>,
     /// Declared bus topics by name.
     pub topics: BTreeMap<String, TopicSpec>,
+    /// The edge gateway: limits, TLS, call log, auth providers, upstreams,
+    /// and every route with its target and policy.
+    pub edge: Edge,
 }
 
 /// `[topics.NAME]`: a bus topic. Only declared topics exist.
@@ -322,6 +331,14 @@ struct RawManifest {
     components: BTreeMap<Spanned<String>, RawComponent>,
     #[serde(default)]
     topics: BTreeMap<Spanned<String>, RawTopic>,
+    #[serde(default)]
+    gateway: edge::RawGateway,
+    #[serde(default)]
+    auth: BTreeMap<Spanned<String>, edge::RawAuth>,
+    #[serde(default)]
+    upstreams: BTreeMap<Spanned<String>, edge::RawUpstream>,
+    #[serde(default)]
+    routes: BTreeMap<Spanned<String>, edge::RawRoute>,
 }
 
 #[derive(Deserialize, Default)]
@@ -841,12 +858,24 @@ impl Manifest {
             }
         }
         check_call_cycles(&components).map_err(|m| src.whole(m))?;
+        let edge = edge::parse(
+            edge::RawEdge {
+                gateway: raw.gateway,
+                auth: raw.auth,
+                upstreams: raw.upstreams,
+                routes: raw.routes,
+            },
+            &src,
+            base_dir,
+            &mut components,
+        )?;
         Ok(Manifest {
             path: None,
             base_dir: base_dir.to_path_buf(),
             host,
             components,
             topics,
+            edge,
         })
     }
 }

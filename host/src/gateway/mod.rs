@@ -1,6 +1,7 @@
 //! The HTTP gateway: accepts connections (HTTP/1.1 and HTTP/2), routes each
 //! request to a component, and runs it in a fresh instance.
 
+pub mod auth;
 mod body;
 mod dispatch;
 pub mod listen;

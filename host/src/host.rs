@@ -112,6 +112,7 @@ impl LoadedApp {
                 registry: self.registry.clone(),
                 ready: ready.clone(),
                 token: Arc::from(token),
+                calls: None,
             }),
             rx.clone(),
         ));

@@ -67,6 +67,8 @@ pub struct AdminState {
     pub ready: Arc<std::sync::atomic::AtomicBool>,
     /// The bearer token every request must carry.
     pub token: Arc<str>,
+    /// The gateway's call log, when it is on.
+    pub calls: Option<Arc<crate::gateway::calllog::CallLog>>,
 }
 
 /// Binds the admin listener, with an error that says what to do.

@@ -3,8 +3,11 @@
 
 pub mod auth;
 mod body;
+pub mod calllog;
 mod dispatch;
+mod files;
 pub mod listen;
+pub mod tls;
 
 pub use listen::HEADER_READ_TIMEOUT;
 

@@ -32,6 +32,7 @@ pub struct RunningHost {
     /// Background tasks that hold the registry (canary judge, health checks,
     /// source watcher): awaited on shutdown, so the stores close after them.
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    gateway: Arc<gateway::Gateway>,
     _engines: Engines,
 }
 
@@ -42,6 +43,7 @@ pub struct LoadedApp {
     registry: Arc<Registry>,
     kv: Arc<dyn KvBackend>,
     bus: Arc<Bus>,
+    gateway: Arc<gateway::Gateway>,
     engines: Engines,
 }
 
@@ -78,7 +80,15 @@ impl LoadedApp {
             bus: bus.clone(),
         })
         .await?;
+        let gateway = gateway::Gateway::build(gateway::GatewayParts {
+            edge: &manifest.edge,
+            registry: registry.clone(),
+            kv: kv.clone(),
+            data_dir,
+        })
+        .await?;
         Ok(LoadedApp {
+            gateway,
             manifest,
             registry,
             kv,
@@ -104,6 +114,8 @@ impl LoadedApp {
         let admin_addr = gateway::local_addr(&admin_listener)?;
         admin::write_discovery(&data_dir, admin_addr)?;
         let (shutdown, rx) = watch::channel(false);
+        let gateway = self.gateway.clone();
+        let gateway_tasks = gateway.spawn_tasks(rx.clone());
         let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let admin = tokio::spawn(admin::serve(
             admin_listener,
@@ -112,19 +124,20 @@ impl LoadedApp {
                 registry: self.registry.clone(),
                 ready: ready.clone(),
                 token: Arc::from(token),
-                calls: None,
+                calls: gateway.call_log().cloned(),
+                gateway: Some(gateway.clone()),
             }),
             rx.clone(),
         ));
         self.bus.start(self.registry.clone());
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(self.registry.clone().watch_canaries(rx.clone())),
             tokio::spawn(self.registry.clone().watch_health(rx.clone())),
         ];
+        tasks.extend(gateway_tasks);
         let served = tokio::spawn(gateway::serve(
             listener,
-            self.registry.clone(),
-            self.kv.clone(),
+            gateway.clone(),
             rx,
             self.manifest.host.shutdown_grace,
         ));
@@ -143,6 +156,7 @@ impl LoadedApp {
             admin,
             data_dir,
             tasks: std::sync::Mutex::new(tasks),
+            gateway,
             _engines: self.engines,
         })
     }
@@ -162,6 +176,11 @@ impl RunningHost {
     /// What is running.
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    /// The gateway: routes, policies, call log.
+    pub fn gateway(&self) -> &Arc<gateway::Gateway> {
+        &self.gateway
     }
 
     /// The message bus.
@@ -212,6 +231,11 @@ impl RunningHost {
             Ok(Ok(())) => {}
         }
         admin::remove_discovery(&self.data_dir);
+        if let Some(log) = self.gateway.call_log()
+            && let Err(e) = log.close().await
+        {
+            tracing::warn!(error = %format!("{e:#}"), "closing the call log failed");
+        }
         let kv = self.kv.clone();
         tokio::task::spawn_blocking(move || kv.flush_blocking())
             .await

@@ -293,6 +293,9 @@ routes = ["/echo"]
 max_concurrency = 1
 deadline = "1s"
 memory = "256MiB"
+
+[gateway]
+max_body = "32MiB"
 "#,
     )
     .await;

@@ -69,6 +69,8 @@ pub struct AdminState {
     pub token: Arc<str>,
     /// The gateway's call log, when it is on.
     pub calls: Option<Arc<crate::gateway::calllog::CallLog>>,
+    /// The gateway (routes, policies, upstreams), for metrics and views.
+    pub gateway: Option<Arc<crate::gateway::Gateway>>,
 }
 
 /// Binds the admin listener, with an error that says what to do.
@@ -184,7 +186,11 @@ fn open_endpoint(
         "/metrics" => Some(text(
             StatusCode::OK,
             crate::telemetry::metrics::CONTENT_TYPE,
-            crate::telemetry::metrics::render(&state.registry, &state.bus),
+            crate::telemetry::metrics::render(
+                &state.registry,
+                &state.bus,
+                state.gateway.as_deref(),
+            ),
         )),
         _ => None,
     }

@@ -1,7 +1,6 @@
 //! Routing a request to a component and running it.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
@@ -10,7 +9,6 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode, header};
 use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::Incoming;
 use tokio::sync::oneshot;
 use tracing::Instrument;
 use wasmtime_wasi_http::WasiHttpView;
@@ -21,14 +19,8 @@ use super::body::{DurableBody, Finished};
 use crate::calls::CallError;
 use crate::engine::EPOCH_TICK;
 use crate::kv::KvBackend;
-use crate::registry::{ComponentRuntime, Limit, Registry};
+use crate::registry::{ComponentRuntime, Limit};
 use crate::sandbox::{self, DeadlineExceeded};
-
-/// Routes and runs requests.
-pub struct Gateway {
-    registry: Arc<Registry>,
-    kv: Arc<dyn KvBackend>,
-}
 
 /// An invocation that has ended, or is still running as its own task.
 enum Run {
@@ -89,7 +81,7 @@ fn is_bodyless(head_only: bool, parts: &http::response::Parts) -> bool {
         || content_length(&parts.headers) == Some(0)
 }
 
-fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+pub(super) fn content_length(headers: &http::HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)?
         .to_str()
@@ -115,64 +107,6 @@ pub fn text_response(status: StatusCode, text: impl Into<String>) -> Response<Ga
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     res
-}
-
-impl Gateway {
-    /// A gateway over a registry and the kv backend its components write to.
-    pub fn new(registry: Arc<Registry>, kv: Arc<dyn KvBackend>) -> Self {
-        Gateway { registry, kv }
-    }
-
-    /// Handles one request end to end; never fails (errors become responses).
-    pub async fn handle(
-        &self,
-        req: http::Request<Incoming>,
-        peer: SocketAddr,
-    ) -> Response<GatewayBody> {
-        let path = req.uri().path().to_string();
-        let method = req.method().clone();
-        let span = tracing::debug_span!(
-            "gateway.request",
-            %method,
-            path = %path,
-            %peer,
-            component = tracing::field::Empty,
-            version = tracing::field::Empty,
-            status = tracing::field::Empty,
-        );
-        async move {
-            let res = match self.registry.routes().lookup(&path) {
-                None => text_response(StatusCode::NOT_FOUND, format!("atoll: no route for {path}")),
-                Some(service) => match service.pick() {
-                    Some(rt) => {
-                        let span = tracing::Span::current();
-                        span.record("component", &*rt.name);
-                        span.record("version", tracing::field::display(&rt.version));
-                        let started = Instant::now();
-                        let res = invoke(rt.clone(), self.kv.clone(), req, Mode::Request).await;
-                        rt.stats.answered(res.status().as_u16(), started.elapsed());
-                        // The version's own 5xx count against it (a canary is
-                        // judged by them), the host's limits do not. (A
-                        // failure after the head is sent is not counted.)
-                        let host_limit = res.extensions().get::<HostLimit>().is_some();
-                        rt.stats.record(res.status().is_server_error() && !host_limit);
-                        res
-                    }
-                    None => text_response(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!(
-                            "atoll: component `{}` is removed; `atoll deploy` or `atoll rollback` brings it back",
-                            service.name()
-                        ),
-                    ),
-                },
-            };
-            tracing::Span::current().record("status", res.status().as_u16());
-            res
-        }
-        .instrument(span)
-        .await
-    }
 }
 
 /// GETs `path` on one version directly (no socket, no route): its status and
@@ -213,11 +147,11 @@ pub async fn probe(
 /// Marks a response the host made because a limit was reached (not the
 /// version's fault).
 #[derive(Clone, Copy)]
-struct HostLimit;
+pub(super) struct HostLimit;
 
 /// Who an invocation is for.
 #[derive(Clone, Copy, PartialEq)]
-enum Mode {
+pub(super) enum Mode {
     /// A client's request: it takes a slot of the component's `max_concurrency`.
     Request,
     /// The host's health check: it must work even when clients fill every
@@ -227,7 +161,7 @@ enum Mode {
 }
 
 /// Runs one request on one version in a fresh instance.
-async fn invoke<B>(
+pub(super) async fn invoke<B>(
     rt: Arc<ComponentRuntime>,
     kv: Arc<dyn KvBackend>,
     req: http::Request<B>,

@@ -6,8 +6,12 @@ mod body;
 pub mod calllog;
 mod dispatch;
 mod files;
+pub mod limits;
 pub mod listen;
+pub mod ratelimit;
+pub mod router;
 pub mod tls;
+pub mod upstream;
 
 pub use listen::HEADER_READ_TIMEOUT;
 
@@ -24,10 +28,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::kv::KvBackend;
-use crate::registry::Registry;
-
-pub use dispatch::{Gateway, probe, text_response};
+pub use dispatch::{probe, text_response};
+pub use router::{Gateway, GatewayParts};
 
 /// Boxed error of response bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -50,12 +52,10 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 /// Serves until `shutdown` flips, then lets in-flight requests finish for up to `grace`.
 pub async fn serve(
     listener: TcpListener,
-    registry: Arc<Registry>,
-    kv: Arc<dyn KvBackend>,
+    gateway: Arc<Gateway>,
     shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) -> anyhow::Result<()> {
-    let gateway = Arc::new(Gateway::new(registry, kv));
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // hyper enforces the header read timeout only with a timer: without one a
     // client could hold a connection open forever with half a request head.

@@ -170,17 +170,26 @@ impl Service {
     }
 }
 
-/// Routes to components: exact paths first, then the longest matching prefix.
-#[derive(Default)]
-pub struct RouteTable {
-    exact: HashMap<String, Arc<Service>>,
+/// Routes (to components, or to the gateway's targets): exact paths first,
+/// then the longest matching prefix.
+pub struct RouteTable<T = Arc<Service>> {
+    exact: HashMap<String, T>,
     /// Longest prefix first.
-    prefixes: Vec<(String, Arc<Service>)>,
+    prefixes: Vec<(String, T)>,
 }
 
-impl RouteTable {
+impl<T> Default for RouteTable<T> {
+    fn default() -> Self {
+        RouteTable {
+            exact: HashMap::new(),
+            prefixes: Vec::new(),
+        }
+    }
+}
+
+impl<T> RouteTable<T> {
     /// Builds a table; routes were checked for collisions when the manifest was loaded.
-    pub fn new(entries: impl IntoIterator<Item = (Route, Arc<Service>)>) -> Self {
+    pub fn new(entries: impl IntoIterator<Item = (Route, T)>) -> Self {
         let mut table = RouteTable::default();
         for (route, service) in entries {
             match route {
@@ -196,8 +205,8 @@ impl RouteTable {
         table
     }
 
-    /// The component serving `path` (without query), if any.
-    pub fn lookup(&self, path: &str) -> Option<&Arc<Service>> {
+    /// What serves `path` (without query), if anything.
+    pub fn lookup(&self, path: &str) -> Option<&T> {
         if let Some(service) = self.exact.get(path) {
             return Some(service);
         }

@@ -11,6 +11,8 @@
 use std::fmt::Write;
 
 use crate::bus::Bus;
+use crate::gateway::Gateway;
+use crate::gateway::router::Reason;
 use crate::registry::{ComponentRuntime, LATENCY_BOUNDS, Limit, Registry};
 
 /// The content type of the exposition.
@@ -68,7 +70,7 @@ fn versions(registry: &Registry) -> Vec<(std::sync::Arc<ComponentRuntime>, &'sta
 }
 
 /// Renders every metric.
-pub fn render(registry: &Registry, bus: &Bus) -> String {
+pub fn render(registry: &Registry, bus: &Bus, gateway: Option<&Gateway>) -> String {
     let mut out = String::with_capacity(16 << 10);
     let versions = versions(registry);
     let view = registry.view();
@@ -380,7 +382,53 @@ pub fn render(registry: &Registry, bus: &Bus) -> String {
             }
         }
     }
+    if let Some(gateway) = gateway {
+        render_gateway(&mut out, gateway);
+    }
     out
+}
+
+/// The gateway's own answers (rejections by route and reason) and its rate limit buckets.
+fn render_gateway(out: &mut String, gateway: &Gateway) {
+    let name = "atoll_gateway_rejections_total";
+    let mut f = family(
+        out,
+        name,
+        "counter",
+        "Requests the gateway answered itself, by route and reason (unauthorized, forbidden, rate_limited, body_too_large, ...).",
+    );
+    for (reason, n) in gateway.unrouted.counts() {
+        if n > 0 {
+            f.sample(
+                name,
+                &[("route", ""), ("reason", reason.as_str())],
+                n as f64,
+            );
+        }
+    }
+    for route in gateway.routes() {
+        for (reason, n) in route.rejections.counts() {
+            if n > 0 || reason == Reason::RateLimited && route.spec.rate_limit.is_some() {
+                f.sample(
+                    name,
+                    &[("route", &route.pattern), ("reason", reason.as_str())],
+                    n as f64,
+                );
+            }
+        }
+    }
+    let name = "atoll_gateway_rate_limit_buckets";
+    let mut f = family(
+        out,
+        name,
+        "gauge",
+        "Token buckets a rate-limited route holds (one per client key seen recently).",
+    );
+    for route in gateway.routes() {
+        if let Some(buckets) = route.rate_limit_buckets() {
+            f.sample(name, &[("route", &route.pattern)], buckets as f64);
+        }
+    }
 }
 
 #[cfg(test)]

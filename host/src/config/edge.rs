@@ -104,8 +104,9 @@ pub struct AuthProvider {
     pub audiences: Vec<String>,
     /// Where the verification keys come from.
     pub keys: KeySource,
-    /// How often keys from a URL are fetched again, and the least time
-    /// between two fetches caused by unknown `kid`s (`refresh`, 5m).
+    /// How often keys from a URL are fetched again (`refresh`, 5m). A token
+    /// with an unknown `kid` makes an earlier fetch, at most one per
+    /// `min(refresh, 5s)`.
     pub refresh: Duration,
     /// Accepted `alg` values, from [`ALGORITHMS`] (`algorithms`; ["RS256"],
     /// or ["EdDSA"] for the local provider).

@@ -1,12 +1,16 @@
 //! What the gateway and the admin API share: binding a listener with an
-//! error that says what to do, and the accept loop with graceful shutdown.
+//! error that says what to do, and the accept loop with graceful shutdown;
+//! and the gateway's limit on open connections.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::server::graceful::{GracefulConnection, GracefulShutdown};
+use hyper_util::server::graceful::{GracefulConnection, GracefulShutdown, Watcher};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tracing::Instrument;
 
 /// How long a client may take to send a request head.
@@ -44,7 +48,7 @@ pub async fn bind(addr: SocketAddr, setting: &Setting) -> anyhow::Result<TcpList
 /// names each connection's span.
 pub async fn accept_until<C, F>(
     listener: TcpListener,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     grace: Duration,
     span: fn(SocketAddr) -> tracing::Span,
     mut connect: F,
@@ -52,6 +56,39 @@ pub async fn accept_until<C, F>(
     F: FnMut(TcpStream, SocketAddr) -> C,
     C: GracefulConnection + Send + 'static,
     C::Error: std::fmt::Display + Send,
+{
+    accept_each(listener, shutdown, grace, span, |stream, peer, watcher| {
+        watch(watcher, connect(stream, peer))
+    })
+    .await
+}
+
+/// Serves a connection until it ends, or until a graceful shutdown asks it
+/// to finish its requests.
+pub async fn watch<C>(watcher: Watcher, conn: C)
+where
+    C: GracefulConnection,
+    C::Error: std::fmt::Display,
+{
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// Like [`accept_until`], for connections that need work before they are
+/// served (a TLS handshake) or may be turned away: `connect` gets each
+/// stream and a [`Watcher`] to hand its connection to (see [`watch`]), and
+/// returns the future that runs it on its own task. Holding the watcher
+/// makes a shutdown wait; dropping it does not.
+pub async fn accept_each<F, Fut>(
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+    span: fn(SocketAddr) -> tracing::Span,
+    mut connect: F,
+) where
+    F: FnMut(TcpStream, SocketAddr, Watcher) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
     loop {
@@ -66,15 +103,8 @@ pub async fn accept_until<C, F>(
                         continue;
                     }
                 };
-                let conn = graceful.watch(connect(stream, peer));
-                tokio::spawn(
-                    async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(error = %e, "connection ended with an error");
-                        }
-                    }
-                    .instrument(span(peer)),
-                );
+                let conn = connect(stream, peer, graceful.watcher());
+                tokio::spawn(conn.instrument(span(peer)));
             }
             _ = shutdown.changed() => break,
         }
@@ -89,5 +119,63 @@ pub async fn accept_until<C, F>(
             ?grace,
             "in-flight requests did not finish within the grace period"
         );
+    }
+}
+
+/// The answer to a connection over `max_connections`.
+const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: text/plain; charset=utf-8\r\n\
+retry-after: 1\r\n\
+connection: close\r\n\
+content-length: 43\r\n\
+\r\n\
+atoll: too many connections; retry shortly\n";
+
+/// Connections being turned away at once; past this they are just closed.
+const TURNING_AWAY: usize = 256;
+
+/// Counts a listener's open connections against its limit.
+pub struct Connections {
+    open: Arc<Semaphore>,
+    turning_away: Arc<Semaphore>,
+}
+
+impl Connections {
+    /// Allows `max` connections at once.
+    pub fn new(max: usize) -> Connections {
+        Connections {
+            open: Arc::new(Semaphore::new(max)),
+            turning_away: Arc::new(Semaphore::new(TURNING_AWAY)),
+        }
+    }
+
+    /// A slot for a new connection, held while it is open; `None` when all
+    /// are taken (then [`Connections::turn_away`] it). Never waits.
+    pub fn open(&self) -> Option<OwnedSemaphorePermit> {
+        self.open.clone().try_acquire_owned().ok()
+    }
+
+    /// Answers a plain HTTP connection over the limit with 503 and
+    /// `Retry-After`, then closes it; a TLS one (`plain` false) is closed at
+    /// once, since an answer would need a handshake. Bounded in time and in
+    /// how many run at once.
+    pub fn turn_away(&self, stream: TcpStream, plain: bool) -> impl Future<Output = ()> + use<> {
+        let slot = self.turning_away.clone().try_acquire_owned().ok();
+        async move {
+            let (Some(_slot), true) = (slot, plain) else {
+                return;
+            };
+            let mut stream = stream;
+            let answer = async {
+                stream.write_all(TOO_MANY_CONNECTIONS).await?;
+                stream.shutdown().await?;
+                // Read what the client sent until it closes: closing with
+                // unread data would reset the connection and could lose the answer.
+                let mut buf = [0u8; 4096];
+                while stream.read(&mut buf).await? > 0 {}
+                std::io::Result::Ok(())
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
+        }
     }
 }

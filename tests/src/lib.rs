@@ -270,7 +270,10 @@ impl ChildHost {
         std::thread::spawn(move || {
             let mut gateway = None;
             for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("atoll listening on http://") {
+                if let Some(addr) = line
+                    .strip_prefix("atoll listening on http://")
+                    .or_else(|| line.strip_prefix("atoll listening on https://"))
+                {
                     gateway = Some(addr.to_string());
                 }
                 if let Some(rest) = line.strip_prefix("atoll admin on http://")

@@ -42,11 +42,7 @@ impl Up {
             manifest.host.data_dir = d;
         }
         super::runtime()?.block_on(async move {
-            let routes: Vec<String> = manifest
-                .components
-                .values()
-                .flat_map(|c| c.routes.iter().map(move |r| format!("  {r} -> {}", c.name)))
-                .collect();
+            let routes: Vec<String> = manifest.edge.routes.iter().map(route_line).collect();
             let data_dir = manifest.host.data_dir.clone();
             let topics: Vec<String> = manifest
                 .components
@@ -62,7 +58,12 @@ impl Up {
                 host.watch_sources();
             }
             // Tests and scripts read these lines to find the ports.
-            println!("atoll listening on http://{}", host.addr());
+            let scheme = if host.gateway().tls().is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            println!("atoll listening on {scheme}://{}", host.addr());
             let token = match std::env::var_os(crate::admin::TOKEN_ENV) {
                 Some(_) => format!("token from ${}", crate::admin::TOKEN_ENV),
                 None => format!(
@@ -78,6 +79,37 @@ impl Up {
             tracing::info!("signal received: finishing in-flight requests");
             host.shutdown().await
         })
+    }
+}
+
+/// `  /orders/... -> orders (auth idp, scopes orders:write, rate limit 10/1s)`.
+fn route_line(r: &crate::config::RouteSpec) -> String {
+    use crate::config::RouteTarget;
+    let target = match &r.target {
+        RouteTarget::Component(c) => c.clone(),
+        RouteTarget::Upstream(u) => format!("upstream {u}"),
+        RouteTarget::Static(s) => format!("files in {}", s.dir.display()),
+    };
+    let mut policy = Vec::new();
+    if let Some(a) = &r.auth {
+        policy.push(format!("auth {a}"));
+    }
+    if !r.scopes.is_empty() {
+        policy.push(format!("scopes {}", r.scopes.join(" ")));
+    }
+    if !r.roles.is_empty() {
+        policy.push(format!("roles {}", r.roles.join(" ")));
+    }
+    if let Some(l) = &r.rate_limit {
+        policy.push(format!(
+            "rate limit {}/{}",
+            l.rate,
+            humantime::format_duration(l.per)
+        ));
+    }
+    match policy.is_empty() {
+        true => format!("  {} -> {target}", r.route),
+        false => format!("  {} -> {target} ({})", r.route, policy.join(", ")),
     }
 }
 

@@ -726,6 +726,15 @@ fn upstream_spec(
             None,
         ));
     }
+    if raw.backends.len() > 64 {
+        return Err((
+            format!(
+                "{} backends; an upstream has at most 64: split it into several",
+                raw.backends.len()
+            ),
+            None,
+        ));
+    }
     let mut backends = Vec::new();
     for b in raw.backends {
         let span = b.span();
@@ -872,6 +881,23 @@ fn route_spec(
             RouteTarget::Upstream(u)
         }
         (None, None, Some(dir)) => {
+            if let Some(index) = &raw.index
+                && (index.is_empty()
+                    || index.contains(['/', '\\', '\0'])
+                    || index == "."
+                    || index == "..")
+            {
+                return Err(plain(format!(
+                    "`index` = `{index}` must be a file name in the directory, like `index.html`"
+                )));
+            }
+            if let Some(cc) = &raw.cache_control
+                && http::HeaderValue::from_str(cc).is_err()
+            {
+                return Err(plain(format!(
+                    "`cache_control` = `{cc}` is not a valid header value; write it like `public, max-age=300`"
+                )));
+            }
             let dir = base_dir.join(dir);
             if !dir.is_dir() {
                 return Err(plain(format!(

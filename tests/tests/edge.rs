@@ -12,12 +12,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// gateway sees a different client IP. Returns the status and headers text.
 async fn get_from(from: &str, host: SocketAddr, path: &str) -> (u16, String) {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket
-        .bind(format!("{from}:0").parse().unwrap())
-        .unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
     let mut stream = socket.connect(host).await.unwrap();
     stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
         .await
         .unwrap();
     let mut out = Vec::new();
@@ -92,10 +92,15 @@ rate_limit = { rate = 1, per = "1m", burst = 2, key = "header:x-api-key" }
         [200, 200, 429]
     );
     assert_eq!([keyed("b").await, keyed("b").await], [200, 200]);
-    assert_eq!([keyed("").await, keyed("").await, keyed("").await], [200, 200, 429]);
+    assert_eq!(
+        [keyed("").await, keyed("").await, keyed("").await],
+        [200, 200, 429]
+    );
 
     // The rejections are in the metrics, by route.
-    let metrics = get(&format!("http://{}/metrics", h.host.admin_addr())).await.body;
+    let metrics = get(&format!("http://{}/metrics", h.host.admin_addr()))
+        .await
+        .body;
     assert_eq!(
         metric(
             &metrics,
@@ -185,6 +190,52 @@ max_in_flight = 1
     assert_eq!(r.headers["retry-after"], "1");
     assert!(r.body.contains("request limit"), "{}", r.body);
     assert_eq!(busy.await.unwrap(), 504);
-    assert_eq!(get(&h.url("/hello")).await.status, 200, "the slot came back");
+    assert_eq!(
+        get(&h.url("/hello")).await.status,
+        200,
+        "the slot came back"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_backends_are_in_the_metrics() {
+    let h = TestHost::start(
+        r#"
+[components.hello]
+source = "{hello}"
+
+[upstreams.greeters]
+backends = [{ component = "hello", weight = 2 }]
+
+[routes."/greet/..."]
+upstream = "greeters"
+"#,
+    )
+    .await;
+    for _ in 0..3 {
+        assert_eq!(get(&h.url("/greet/x")).await.status, 200);
+    }
+    let metrics = get(&format!("http://{}/metrics", h.host.admin_addr()))
+        .await
+        .body;
+    let labels = "{upstream=\"greeters\",backend=\"component:hello\"}";
+    assert_eq!(
+        metric(&metrics, &format!("atoll_upstream_requests_total{labels}")),
+        3.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, &format!("atoll_upstream_failures_total{labels}")),
+        0.0
+    );
+    assert_eq!(
+        metric(&metrics, &format!("atoll_upstream_available{labels}")),
+        1.0
+    );
+    assert_eq!(
+        metric(&metrics, &format!("atoll_upstream_healthy{labels}")),
+        1.0
+    );
     h.stop().await;
 }

@@ -417,6 +417,58 @@ fn render_gateway(out: &mut String, gateway: &Gateway) {
             }
         }
     }
+    let views: Vec<_> = gateway.upstreams().iter().map(|u| u.view()).collect();
+    type Pick = fn(&crate::gateway::upstream::BackendView) -> f64;
+    let backend_metrics: [(&str, &str, &str, Pick); 6] = [
+        (
+            "atoll_upstream_requests_total",
+            "counter",
+            "Requests sent to an upstream backend, retries included.",
+            |b| b.requests as f64,
+        ),
+        (
+            "atoll_upstream_failures_total",
+            "counter",
+            "5xx answers and failed connections of an upstream backend.",
+            |b| b.failures as f64,
+        ),
+        (
+            "atoll_upstream_ejections_total",
+            "counter",
+            "Times outlier detection ejected an upstream backend.",
+            |b| b.ejections as f64,
+        ),
+        (
+            "atoll_upstream_in_flight",
+            "gauge",
+            "Requests an upstream backend is serving now.",
+            |b| b.in_flight as f64,
+        ),
+        (
+            "atoll_upstream_healthy",
+            "gauge",
+            "1 while an upstream backend passes its active health checks.",
+            |b| f64::from(u8::from(b.healthy)),
+        ),
+        (
+            "atoll_upstream_available",
+            "gauge",
+            "1 while an upstream backend gets requests (healthy, not ejected).",
+            |b| f64::from(u8::from(b.available)),
+        ),
+    ];
+    for (name, kind, help, value) in backend_metrics {
+        let mut f = family(out, name, kind, help);
+        for u in &views {
+            for b in &u.backends {
+                f.sample(
+                    name,
+                    &[("upstream", &u.name), ("backend", &b.target)],
+                    value(b),
+                );
+            }
+        }
+    }
     let name = "atoll_gateway_rate_limit_buckets";
     let mut f = family(
         out,

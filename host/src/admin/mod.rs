@@ -14,6 +14,7 @@
 //! | `POST /v1/components/{name}/promote` | the canary becomes active |
 //! | `POST /v1/components/{name}/rollback?to=` | drop the canary, or activate a kept version |
 //! | `DELETE /v1/components/{name}` | stop serving it, after in-flight work drains |
+//! | `GET /v1/calls?component=&route=&status=&since=&until=&limit=&follow=` | the call log's newest `limit` matching rows, oldest first; `follow=1`: as newline-delimited JSON, then each new row until the host stops |
 //!
 //! `GET /healthz`, `GET /readyz` and `GET /metrics` (Prometheus text) need no
 //! token. Errors are `{"error": "..."}`. A message's headers come from the request
@@ -32,6 +33,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -56,6 +58,9 @@ pub use crate::gateway::HEADER_READ_TIMEOUT;
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// The `WWW-Authenticate` challenge of a 401.
 pub const CHALLENGE: &str = "Bearer realm=\"atoll-admin\"";
+
+/// The body of an admin answer: whole, or a stream of lines (`follow=1`).
+pub type AdminBody = UnsyncBoxBody<Bytes, Infallible>;
 
 /// What the admin API serves from.
 pub struct AdminState {
@@ -114,16 +119,22 @@ async fn handle(
     state: Arc<AdminState>,
     req: Request<Incoming>,
     peer: SocketAddr,
-) -> Response<Full<Bytes>> {
+) -> Response<AdminBody> {
     let (parts, body) = req.into_parts();
     let span =
         tracing::info_span!("admin.request", method = %parts.method, path = parts.uri.path());
     async move {
         if let Some(res) = open_endpoint(&state, &parts.method, parts.uri.path()) {
-            return res;
+            return res.map(BodyExt::boxed_unsync);
         }
         let result = match routes::parse(&parts.method, &parts.uri, &parts.headers, &state.token) {
-            Ok(action) => execute(&state, action, body).await,
+            Ok(Action::Calls {
+                query,
+                follow: true,
+            }) => follow_calls(&state, &query).await,
+            Ok(action) => execute(&state, action, body)
+                .await
+                .map(|res| res.map(BodyExt::boxed_unsync)),
             Err(e) => Err(e),
         };
         match result {
@@ -136,7 +147,7 @@ async fn handle(
                 } else {
                     tracing::debug!(status = %e.status, "admin request refused: {}", e.message);
                 }
-                error_response(e)
+                error_response(e).map(BodyExt::boxed_unsync)
             }
         }
     }
@@ -320,6 +331,15 @@ async fn execute(
             .map_err(bus_error)?;
             json(StatusCode::OK, &letters)
         }
+        Action::Calls { query, .. } => {
+            let rows = call_log(state)?.query(&query).await.map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("reading the call log failed: {e:#}"),
+                )
+            })?;
+            json(StatusCode::OK, &rows)
+        }
         Action::Replay {
             topic,
             subscription,
@@ -337,6 +357,53 @@ async fn execute(
             );
             json(StatusCode::OK, &serde_json::json!({ "replayed": replayed }))
         }
+    }
+}
+
+/// The call log, or a 404 that says how to turn it on.
+fn call_log(state: &AdminState) -> Result<&Arc<crate::gateway::calllog::CallLog>, ApiError> {
+    state.calls.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "the call log is disabled on this host; set `enabled = true` under [gateway.call_log] in atoll.toml and restart it",
+        )
+    })
+}
+
+/// `GET /v1/calls?follow=1`: the matching rows as newline-delimited JSON,
+/// then each new one, until the client goes or the host stops.
+async fn follow_calls(
+    state: &AdminState,
+    query: &crate::gateway::calllog::CallQuery,
+) -> Result<Response<AdminBody>, ApiError> {
+    let lines = call_log(state)?.follow_json(query).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reading the call log failed: {e:#}"),
+        )
+    })?;
+    let mut res = Response::new(Lines(lines).boxed_unsync());
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    Ok(res)
+}
+
+/// A body of the chunks a task sends; it ends when the task drops its sender.
+struct Lines(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl http_body::Body for Lines {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|c| Ok(http_body::Frame::data(c))))
     }
 }
 

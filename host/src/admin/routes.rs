@@ -8,14 +8,16 @@ use http::{HeaderMap, Method, StatusCode, Uri, header};
 use percent_encoding::percent_decode_str;
 use subtle::ConstantTimeEq;
 
+use crate::gateway::calllog::{self, CallQuery, StatusFilter};
+
 /// Largest request body read: the largest `max_payload` a topic may declare.
 /// The bus enforces each topic's own limit.
 pub const MAX_BODY: u64 = 64 << 20;
 /// Prefix of request headers that become message headers.
 pub const HEADER_PREFIX: &str = "atoll-header-";
-/// Dead letters listed when the request gives no `limit`.
+/// Dead letters or call log rows listed when the request gives no `limit`.
 pub const DEFAULT_LIMIT: usize = 100;
-/// Most dead letters one request lists.
+/// Most dead letters or call log rows one request lists.
 pub const MAX_LIMIT: usize = 10_000;
 /// Largest component binary a deploy uploads.
 pub const MAX_UPLOAD: u64 = 256 << 20;
@@ -80,6 +82,15 @@ pub enum Action {
     },
     /// `DELETE /v1/components/{name}`.
     Remove(String),
+    /// `GET /v1/calls?component=&route=&status=&since=&until=&limit=&follow=`:
+    /// the call log's rows, oldest first; with `follow`, then new rows as
+    /// they are written (newline-delimited JSON).
+    Calls {
+        /// The filters and limit (times resolved to Unix ms).
+        query: CallQuery,
+        /// Keep the answer open and stream new rows.
+        follow: bool,
+    },
 }
 
 /// A request the admin API refuses, with the status and what to tell the client.
@@ -147,21 +158,10 @@ pub fn parse(
         }
         Route::DeadLetters(topic) => {
             query.only(&["subscription", "limit"])?;
-            let limit = match query.single("limit")? {
-                None => DEFAULT_LIMIT,
-                Some(l) => match l.parse::<usize>() {
-                    Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-                    _ => {
-                        return Err(ApiError::bad_request(format!(
-                            "query parameter `limit` = `{l}` is not valid; give a number from 1 to {MAX_LIMIT}"
-                        )));
-                    }
-                },
-            };
             Ok(Action::DeadLetters {
                 topic,
                 subscription: query.single("subscription")?,
-                limit,
+                limit: limit(&query)?,
             })
         }
         Route::Components => {
@@ -232,6 +232,7 @@ pub fn parse(
                     .transpose()?,
             })
         }
+        Route::Calls => calls(&query),
         Route::Replay(topic) => {
             query.only(&["subscription", "id"])?;
             let ids = query.all("id")?;
@@ -241,6 +242,76 @@ pub fn parse(
                 ids: (!ids.is_empty()).then_some(ids),
             })
         }
+    }
+}
+
+/// `GET /v1/calls`: `since` and `until` are a duration ago (`10m`) or an
+/// RFC 3339 time; `status` a code, a class or a list (`404,5xx`).
+fn calls(query: &Query) -> Result<Action, ApiError> {
+    query.only(&[
+        "component",
+        "route",
+        "status",
+        "since",
+        "until",
+        "limit",
+        "follow",
+    ])?;
+    let now = calllog::now_ms();
+    let time = |name: &str| -> Result<Option<u64>, ApiError> {
+        query
+            .single(name)?
+            .map(|v| {
+                calllog::parse_time(&v, now)
+                    .map_err(|e| ApiError::bad_request(format!("query parameter `{name}`: {e}")))
+            })
+            .transpose()
+    };
+    let (since_ms, until_ms) = (time("since")?, time("until")?);
+    if let (Some(since), Some(until)) = (since_ms, until_ms)
+        && since > until
+    {
+        return Err(ApiError::bad_request(
+            "query parameter `since` is after `until`; nothing can match",
+        ));
+    }
+    let status = query.single("status")?;
+    if let Some(s) = &status {
+        StatusFilter::parse(s)
+            .map_err(|e| ApiError::bad_request(format!("query parameter `status`: {e}")))?;
+    }
+    let follow = match query.single("follow")?.as_deref() {
+        None | Some("0") | Some("false") => false,
+        Some("1") | Some("true") => true,
+        Some(f) => {
+            return Err(ApiError::bad_request(format!(
+                "query parameter `follow` = `{f}` is not valid; give `1` or `0`"
+            )));
+        }
+    };
+    Ok(Action::Calls {
+        query: CallQuery {
+            component: query.single("component")?,
+            route: query.single("route")?,
+            status,
+            since_ms,
+            until_ms,
+            limit: Some(limit(query)?),
+        },
+        follow,
+    })
+}
+
+/// `limit`: 1 to [`MAX_LIMIT`], [`DEFAULT_LIMIT`] when not given.
+fn limit(query: &Query) -> Result<usize, ApiError> {
+    match query.single("limit")? {
+        None => Ok(DEFAULT_LIMIT),
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+            _ => Err(ApiError::bad_request(format!(
+                "query parameter `limit` = `{l}` is not valid; give a number from 1 to {MAX_LIMIT}"
+            ))),
+        },
     }
 }
 
@@ -313,6 +384,7 @@ enum Route {
     Deploy(String),
     Promote(String),
     Rollback(String),
+    Calls,
 }
 
 /// The route of a path and the methods it takes (`"GET, DELETE"`).
@@ -340,6 +412,7 @@ fn route(path: &str) -> Result<(Route, &'static str), ApiError> {
             Ok((Route::Replay(topic(t)?), "POST"))
         }
         ["v1", "components"] => Ok((Route::Components, "GET")),
+        ["v1", "calls"] => Ok((Route::Calls, "GET")),
         ["v1", "components", c] if !c.is_empty() => {
             Ok((Route::Component(component(c)?), "GET, DELETE"))
         }
@@ -355,7 +428,7 @@ fn route(path: &str) -> Result<(Route, &'static str), ApiError> {
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!(
-                "no such endpoint: {path}; the admin API has POST /v1/topics/{{topic}}/messages, GET /v1/bus, GET /v1/bus/topics/{{topic}}/dead-letters, POST /v1/bus/topics/{{topic}}/replay, GET /v1/components, GET|DELETE /v1/components/{{name}}, POST /v1/components/{{name}}/versions, POST /v1/components/{{name}}/promote and POST /v1/components/{{name}}/rollback"
+                "no such endpoint: {path}; the admin API has POST /v1/topics/{{topic}}/messages, GET /v1/bus, GET /v1/bus/topics/{{topic}}/dead-letters, POST /v1/bus/topics/{{topic}}/replay, GET /v1/components, GET|DELETE /v1/components/{{name}}, POST /v1/components/{{name}}/versions, POST /v1/components/{{name}}/promote, POST /v1/components/{{name}}/rollback and GET /v1/calls"
             ),
         )),
     }
@@ -709,6 +782,75 @@ mod tests {
         );
         let e = error(request(Method::GET, "/v1/bus?x=1", &[]));
         assert!(e.message.contains("takes none"), "{}", e.message);
+    }
+
+    #[test]
+    fn calls_take_filters_times_limit_and_follow() {
+        assert_eq!(
+            request(Method::GET, "/v1/calls", &[]),
+            Ok(Action::Calls {
+                query: CallQuery {
+                    limit: Some(DEFAULT_LIMIT),
+                    ..CallQuery::default()
+                },
+                follow: false
+            })
+        );
+        let a = request(
+            Method::GET,
+            "/v1/calls?component=orders&route=%2Fapi%2F...&status=404,5xx&since=2026-01-02T15:04:05Z&until=2026-01-02T17:04:05%2B02:00&limit=7&follow=1",
+            &[],
+        );
+        assert_eq!(
+            a,
+            Ok(Action::Calls {
+                query: CallQuery {
+                    component: Some("orders".into()),
+                    route: Some("/api/...".into()),
+                    status: Some("404,5xx".into()),
+                    since_ms: Some(1_767_366_245_000),
+                    until_ms: Some(1_767_366_245_000),
+                    limit: Some(7),
+                },
+                follow: true
+            })
+        );
+        // A duration is that long before now.
+        let before = calllog::now_ms();
+        let Ok(Action::Calls { query, .. }) = request(Method::GET, "/v1/calls?since=10m", &[])
+        else {
+            panic!("refused")
+        };
+        let since = query.since_ms.unwrap();
+        assert!(since >= before - 600_000 && since <= calllog::now_ms() - 600_000);
+
+        for (q, message) in [
+            (
+                "status=abc",
+                "query parameter `status`: status `abc` is neither",
+            ),
+            (
+                "since=yesterday",
+                "query parameter `since`: `yesterday` is neither a duration ago",
+            ),
+            ("until=", "`until` is empty"),
+            ("since=1m&until=10m", "`since` is after `until`"),
+            ("limit=0", "from 1 to 10000"),
+            ("follow=yes", "`follow` = `yes` is not valid"),
+            (
+                "component=a&component=b",
+                "`component` is given more than once",
+            ),
+            ("topic=x", "unknown query parameter `topic`"),
+        ] {
+            let e = error(request(Method::GET, &format!("/v1/calls?{q}"), &[]));
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{q}");
+            assert!(e.message.contains(message), "{q}: {}", e.message);
+        }
+        let e = error(request(Method::DELETE, "/v1/calls", &[]));
+        assert_eq!(e.allow, Some("GET"));
+        let e = error(request(Method::GET, "/v1/calls/x", &[]));
+        assert!(e.message.contains("GET /v1/calls"), "{}", e.message);
     }
 
     #[test]

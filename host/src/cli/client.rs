@@ -303,6 +303,67 @@ impl AdminClient {
         .into())
     }
 
+    /// GETs `path` and hands each line of the answer (without its `\n`) to
+    /// `line` as it arrives, until the host ends the answer or `line` fails.
+    /// Only connecting and the answer's head must come within the timeout.
+    pub fn get_lines(
+        &self,
+        path: &str,
+        mut line: impl FnMut(&[u8]) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the client runtime")?;
+        let authority = &self.target.authority;
+        let timed_out = || {
+            anyhow!(
+                "the admin API at {authority} did not answer within {}",
+                humantime::format_duration(self.timeout)
+            )
+        };
+        runtime.block_on(async {
+            let head = self.start(Method::GET, path, Vec::new(), Full::new(Bytes::new()));
+            let (res, conn) = tokio::time::timeout(self.timeout, head)
+                .await
+                .map_err(|_| timed_out())??;
+            let status = res.status();
+            let mut body = res.into_body();
+            if !status.is_success() {
+                let body = tokio::time::timeout(self.timeout, body.collect())
+                    .await
+                    .map_err(|_| timed_out())?
+                    .with_context(|| format!("reading the answer of the admin API at {authority}"))?
+                    .to_bytes();
+                return Err(ServerError {
+                    status,
+                    message: server_error(status, &body),
+                }
+                .into());
+            }
+            let mut pending = Vec::new();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.with_context(|| {
+                    format!("reading the answer of the admin API at {authority}")
+                })?;
+                let Some(data) = frame.data_ref() else {
+                    continue;
+                };
+                pending.extend_from_slice(data);
+                while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                    let rest = pending.split_off(end + 1);
+                    line(&pending[..end])?;
+                    pending = rest;
+                }
+            }
+            conn.abort();
+            if !pending.is_empty() {
+                line(&pending)?;
+            }
+            Ok(())
+        })
+    }
+
     async fn exchange<B>(
         &self,
         method: Method,
@@ -310,6 +371,34 @@ impl AdminClient {
         headers: Vec<(HeaderName, HeaderValue)>,
         body: B,
     ) -> anyhow::Result<(StatusCode, Bytes)>
+    where
+        B: Body<Data = Bytes, Error = Infallible> + Send + 'static,
+    {
+        let authority = &self.target.authority;
+        let (res, conn) = self.start(method, path, headers, body).await?;
+        let status = res.status();
+        let body = res
+            .into_body()
+            .collect()
+            .await
+            .with_context(|| format!("reading the answer of the admin API at {authority}"))?
+            .to_bytes();
+        conn.abort();
+        Ok((status, body))
+    }
+
+    /// Connects, sends the request and waits for the answer's head; the task
+    /// returned drives the connection while the body is read.
+    async fn start<B>(
+        &self,
+        method: Method,
+        path: &str,
+        headers: Vec<(HeaderName, HeaderValue)>,
+        body: B,
+    ) -> anyhow::Result<(
+        http::Response<hyper::body::Incoming>,
+        tokio::task::JoinHandle<hyper::Result<()>>,
+    )>
     where
         B: Body<Data = Bytes, Error = Infallible> + Send + 'static,
     {
@@ -333,15 +422,7 @@ impl AdminClient {
             .send_request(req)
             .await
             .with_context(|| format!("sending the request to the admin API at {authority}"))?;
-        let status = res.status();
-        let body = res
-            .into_body()
-            .collect()
-            .await
-            .with_context(|| format!("reading the answer of the admin API at {authority}"))?
-            .to_bytes();
-        conn.abort();
-        Ok((status, body))
+        Ok((res, conn))
     }
 
     fn connect_error(&self, e: std::io::Error) -> anyhow::Error {

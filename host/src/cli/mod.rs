@@ -5,8 +5,10 @@ mod bus;
 mod check;
 mod client;
 mod deploy;
+mod logs;
 mod ps;
 mod publish;
+mod token;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -36,6 +38,8 @@ enum Command {
     Remove(deploy::Remove),
     Publish(publish::Publish),
     Bus(bus::Bus),
+    Token(token::Token),
+    Logs(logs::Logs),
 }
 
 /// The whole `atoll` program: parse arguments, set up logging, run, and print
@@ -68,6 +72,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Remove(c) => c.execute(),
         Command::Publish(c) => c.execute(),
         Command::Bus(c) => c.execute(),
+        Command::Token(c) => c.execute(),
+        Command::Logs(c) => c.execute(),
     }
 }
 

@@ -333,6 +333,7 @@ impl Gateway {
     ) -> Response<GatewayBody> {
         let started = Instant::now();
         let trace = TraceContext::of(req.headers());
+        let head_only = req.method() == http::Method::HEAD;
         if trace.generated {
             // Components and the messages they publish carry the new trace.
             req.headers_mut()
@@ -386,6 +387,12 @@ impl Gateway {
         row.rejected = exchange.rejected.map(|r| r.as_str().to_string());
         row.status = res.status().as_u16();
         let (parts, body) = res.into_parts();
+        // hyper stops polling a body once it has sent its declared length,
+        // so reaching that length is completion too. A HEAD answer has no body.
+        let expected = match head_only {
+            true => Some(0),
+            false => dispatch::content_length(&parts.headers).or(body.size_hint().exact()),
+        };
         let body = Logged {
             inner: body,
             row: Some(row),
@@ -393,6 +400,7 @@ impl Gateway {
             log: log.clone(),
             watch,
             bytes: 0,
+            expected,
         };
         Response::from_parts(parts, body.boxed_unsync())
     }
@@ -701,9 +709,15 @@ struct Logged {
     log: Arc<CallLog>,
     watch: Arc<BodyWatch>,
     bytes: u64,
+    /// The body's declared length, when known.
+    expected: Option<u64>,
 }
 
 impl Logged {
+    fn complete(&self) -> bool {
+        self.inner.is_end_stream() || self.expected == Some(self.bytes)
+    }
+
     fn finish(&mut self, complete: bool) {
         if let Some(mut row) = self.row.take() {
             row.latency_us = self.started.elapsed().as_micros() as u64;
@@ -730,7 +744,7 @@ impl Body for Logged {
                 if let Some(data) = frame.data_ref() {
                     this.bytes += data.len() as u64;
                 }
-                if this.inner.is_end_stream() {
+                if this.complete() {
                     this.finish(true);
                 }
             }
@@ -753,8 +767,9 @@ impl Body for Logged {
 impl Drop for Logged {
     fn drop(&mut self) {
         // A body hyper never polled (HEAD, 204, 304, an empty body) is
-        // complete when dropped with nothing left to send.
-        let complete = self.inner.is_end_stream();
+        // complete when dropped with nothing left to send; so is one that
+        // reached its declared length.
+        let complete = self.complete();
         self.finish(complete);
     }
 }

@@ -469,6 +469,19 @@ fn render_gateway(out: &mut String, gateway: &Gateway) {
             }
         }
     }
+    if let Some(log) = gateway.call_log() {
+        let name = "atoll_call_log_dropped_total";
+        let mut f = family(
+            out,
+            name,
+            "counter",
+            "Call log rows not stored (the writer fell behind, or the disk failed).",
+        );
+        f.sample(name, &[], log.dropped() as f64);
+        let name = "atoll_call_log_bytes";
+        let mut f = family(out, name, "gauge", "Bytes of rows the call log holds.");
+        f.sample(name, &[], log.stored_bytes() as f64);
+    }
     let name = "atoll_gateway_rate_limit_buckets";
     let mut f = family(
         out,

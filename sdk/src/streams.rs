@@ -35,5 +35,9 @@ pub(crate) fn write_all(stream: &OutputStream, bytes: &[u8]) -> Result<(), Strin
 /// belong in a response body.
 fn first_line(err: &crate::bindings::wasi::io::error::Error) -> String {
     let text = err.to_debug_string();
-    text.lines().next().unwrap_or("stream failed").trim().to_string()
+    text.lines()
+        .next()
+        .unwrap_or("stream failed")
+        .trim()
+        .to_string()
 }

@@ -82,7 +82,10 @@ fn main() -> anyhow::Result<()> {
         })
     };
     anyhow::ensure!(check(bare.host.addr(), None)? == 200, "bare host failed");
-    anyhow::ensure!(check(guarded.host.addr(), None)? == 401, "auth not enforced");
+    anyhow::ensure!(
+        check(guarded.host.addr(), None)? == 401,
+        "auth not enforced"
+    );
     anyhow::ensure!(
         check(guarded.host.addr(), Some(&auth))? == 200,
         "token refused"
@@ -162,7 +165,10 @@ fn main() -> anyhow::Result<()> {
     );
     if let Some(log) = guarded.host.gateway().call_log() {
         let rows = server_rt.block_on(log.query(&Default::default()))?;
-        println!("call log rows readable after the run: {} (newest 100 by default)", rows.len());
+        println!(
+            "call log rows readable after the run: {} (newest 100 by default)",
+            rows.len()
+        );
     }
     server_rt.block_on(bare.stop());
     server_rt.block_on(guarded.stop());

@@ -497,8 +497,12 @@ pub(super) fn parse(
     for (name, raw) in raw.auth {
         let span = name.span();
         let name = name.into_inner();
-        super::validate_name(&name)
-            .map_err(|m| src.at(span.clone(), m.replace("component name", "auth provider name")))?;
+        super::validate_name(&name).map_err(|m| {
+            src.at(
+                span.clone(),
+                m.replace("component name", "auth provider name"),
+            )
+        })?;
         let provider = auth_provider(&name, raw, base_dir)
             .map_err(|(m, at)| src.at(at.unwrap_or(span), format!("[auth.{name}]: {m}")))?;
         auth.insert(name, provider);
@@ -537,8 +541,10 @@ pub(super) fn parse(
         let span = pattern.span();
         let route = Route::parse(pattern.get_ref()).map_err(|m| src.at(span.clone(), m))?;
         let existing = routes.get(&route).map(|r| r.target.clone());
-        let spec = route_spec(&route, raw, base_dir, &auth, &upstreams, components, existing)
-            .map_err(|(m, at)| src.at(at.unwrap_or(span), format!("[routes.\"{route}\"]: {m}")))?;
+        let spec = route_spec(
+            &route, raw, base_dir, &auth, &upstreams, components, existing,
+        )
+        .map_err(|(m, at)| src.at(at.unwrap_or(span), format!("[routes.\"{route}\"]: {m}")))?;
         if let RouteTarget::Component(c) = &spec.target
             && let Some(c) = components.get_mut(c)
             && !c.routes.contains(&route)
@@ -557,16 +563,20 @@ pub(super) fn parse(
 
 fn gateway_settings(raw: RawGateway, base_dir: &Path) -> Result<GatewaySettings, String> {
     let d = GatewaySettings::default();
-    let between = |key: &str, v: Option<&Spanned<u32>>, default: usize, lo: u32, hi: u32| {
-        match v {
-            None => Ok(default),
-            Some(v) if (lo..=hi).contains(v.get_ref()) => Ok(*v.get_ref() as usize),
-            Some(_) => Err(format!("`{key}` must be between {lo} and {hi}")),
-        }
+    let between = |key: &str, v: Option<&Spanned<u32>>, default: usize, lo: u32, hi: u32| match v {
+        None => Ok(default),
+        Some(v) if (lo..=hi).contains(v.get_ref()) => Ok(*v.get_ref() as usize),
+        Some(_) => Err(format!("`{key}` must be between {lo} and {hi}")),
     };
     let settings = GatewaySettings {
         max_body: raw.max_body.unwrap_or(d.max_body),
-        max_headers: between("max_headers", raw.max_headers.as_ref(), d.max_headers, 1, 1000)?,
+        max_headers: between(
+            "max_headers",
+            raw.max_headers.as_ref(),
+            d.max_headers,
+            1,
+            1000,
+        )?,
         max_header_size: raw
             .max_header_size
             .map_or(d.max_header_size, |s| s as usize),
@@ -652,7 +662,11 @@ fn auth_provider(name: &str, raw: RawAuth, base_dir: &Path) -> Result<AuthProvid
     let issuer = match (raw.issuer, local) {
         (Some(i), _) if !i.is_empty() => i,
         (None, true) => crate::gateway::auth::LOCAL_ISSUER.to_string(),
-        _ => return Err(plain("`issuer` is required: the `iss` its tokens carry".into())),
+        _ => {
+            return Err(plain(
+                "`issuer` is required: the `iss` its tokens carry".into(),
+            ));
+        }
     };
     let audiences = match (raw.audience.map(OneOrMany::into_vec), local) {
         (Some(a), _) if !a.is_empty() && a.iter().all(|a| !a.is_empty()) => a,
@@ -761,7 +775,9 @@ fn upstream_spec(
         };
         let weight = weight.unwrap_or(1);
         if !(1..=1000).contains(&weight) {
-            return Err(at(format!("backend {target}: weight must be between 1 and 1000")));
+            return Err(at(format!(
+                "backend {target}: weight must be between 1 and 1000"
+            )));
         }
         if backends.iter().any(|b: &BackendSpec| b.target == target) {
             return Err(at(format!("backend {target} is listed twice")));
@@ -786,7 +802,10 @@ fn upstream_spec(
         Some(h) => {
             if !h.path.starts_with('/') || h.path.contains(char::is_whitespace) {
                 return Err((
-                    format!("health.path `{}` is not a path; write it like `/healthz`", h.path),
+                    format!(
+                        "health.path `{}` is not a path; write it like `/healthz`",
+                        h.path
+                    ),
                     None,
                 ));
             }
@@ -797,7 +816,8 @@ fn upstream_spec(
                 unhealthy_after: h.unhealthy_after.unwrap_or(2),
                 healthy_after: h.healthy_after.unwrap_or(2),
             };
-            if spec.interval < Duration::from_millis(50) || spec.interval > Duration::from_secs(3600)
+            if spec.interval < Duration::from_millis(50)
+                || spec.interval > Duration::from_secs(3600)
             {
                 return Err(("health.interval must be between 50ms and 1h".into(), None));
             }
@@ -807,7 +827,8 @@ fn upstream_spec(
                     None,
                 ));
             }
-            if !(1..=100).contains(&spec.unhealthy_after) || !(1..=100).contains(&spec.healthy_after)
+            if !(1..=100).contains(&spec.unhealthy_after)
+                || !(1..=100).contains(&spec.healthy_after)
             {
                 return Err((
                     "health.unhealthy_after and health.healthy_after must be between 1 and 100"
@@ -837,9 +858,9 @@ fn upstream_spec(
 
 /// A backend URL: http with a host and port-or-default, no query.
 fn backend_url(text: &str) -> Result<http::Uri, String> {
-    let uri: http::Uri = text
-        .parse()
-        .map_err(|_| format!("backend `{text}` is not a URL; write it like `http://127.0.0.1:9000`"))?;
+    let uri: http::Uri = text.parse().map_err(|_| {
+        format!("backend `{text}` is not a URL; write it like `http://127.0.0.1:9000`")
+    })?;
     if uri.scheme_str() != Some("http") {
         return Err(format!(
             "backend `{text}`: only http:// backends are supported (TLS to backends is not)"
@@ -939,7 +960,8 @@ fn route_spec(
             "the route is already served by {whose}; each route has one target"
         )));
     }
-    if !matches!(target, RouteTarget::Static(_)) && (raw.cache_control.is_some() || raw.index.is_some())
+    if !matches!(target, RouteTarget::Static(_))
+        && (raw.cache_control.is_some() || raw.index.is_some())
     {
         return Err(plain(
             "`cache_control` and `index` apply only to `static` routes".into(),
@@ -955,7 +977,11 @@ fn route_spec(
                         "auth provider `{}` is not declared; add `[auth.{}]` (declared: {})",
                         a.get_ref(),
                         a.get_ref(),
-                        if known.is_empty() { "none".into() } else { known.join(", ") }
+                        if known.is_empty() {
+                            "none".into()
+                        } else {
+                            known.join(", ")
+                        }
                     ),
                     Some(a.span()),
                 ));

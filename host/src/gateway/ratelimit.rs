@@ -78,7 +78,7 @@ impl RateLimiter {
     }
 
     /// Buckets held now.
-    pub fn len(&self) -> usize {
+    pub fn buckets(&self) -> usize {
         self.buckets.len()
     }
 }

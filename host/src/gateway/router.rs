@@ -156,7 +156,7 @@ pub struct EdgeRoute {
 impl EdgeRoute {
     /// Token buckets held, when the route is rate limited.
     pub fn rate_limit_buckets(&self) -> Option<usize> {
-        self.limiter.as_ref().map(RateLimiter::len)
+        self.limiter.as_ref().map(RateLimiter::buckets)
     }
 }
 

@@ -763,7 +763,7 @@ backends = [{ component = "nope" }, "http://127.0.0.1:9000"]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn too_many_backends_fail_at_start() {
+async fn too_many_backends_are_a_manifest_error() {
     let urls: Vec<String> = (0..65)
         .map(|i| format!("\"http://127.0.0.1:{}\"", 10000 + i))
         .collect();
@@ -774,7 +774,9 @@ async fn too_many_backends_fail_at_start() {
         Err(e) => format!("{e:#}"),
     };
     assert!(
-        e.contains("setting up upstream `api`: 65 backends; an upstream has at most 64"),
+        e.contains(
+            "[upstreams.api]: 65 backends; an upstream has at most 64: split it into several"
+        ),
         "{e}"
     );
 }

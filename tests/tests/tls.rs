@@ -123,6 +123,8 @@ async fn get1(
         .header("host", "localhost")
         .body(Empty::new())
         .unwrap();
+    // The connection takes the next request only once it has finished the last.
+    send.ready().await.unwrap();
     let res = send.send_request(req).await.unwrap();
     let status = res.status().as_u16();
     let body = res.into_body().collect().await.unwrap().to_bytes();

@@ -27,6 +27,50 @@ routes = ["/hello"]
 enabled = false
 "#;
 
+/// With `ATOLL_BENCH_PARTS=1`, each step alone too, to see where the cost is.
+const PARTS: [(&str, &str); 3] = [
+    (
+        "rate limit only",
+        r#"
+[components.hello]
+source = "{hello}"
+routes = ["/hello"]
+
+[gateway.call_log]
+enabled = false
+
+[routes."/hello"]
+rate_limit = { rate = 10000000, per = "1s", burst = 10000000 }
+"#,
+    ),
+    (
+        "JWT + scope only",
+        r#"
+[components.hello]
+source = "{hello}"
+routes = ["/hello"]
+
+[gateway.call_log]
+enabled = false
+
+[auth.local]
+local = true
+
+[routes."/hello"]
+auth = "local"
+scopes = ["bench"]
+"#,
+    ),
+    (
+        "call log only",
+        r#"
+[components.hello]
+source = "{hello}"
+routes = ["/hello"]
+"#,
+    ),
+];
+
 const GUARDED: &str = r#"
 [components.hello]
 source = "{hello}"
@@ -49,78 +93,89 @@ fn main() -> anyhow::Result<()> {
     let mut load = Load::from_env(32);
     load.duration = common::env_secs("ATOLL_BENCH_SECS", 3.0);
     let rounds: usize = common::env_parse("ATOLL_BENCH_ROUNDS", 3);
+    let parts = std::env::var("ATOLL_BENCH_PARTS").is_ok_and(|v| v == "1");
     atoll::telemetry::init(atoll::telemetry::LogFormat::Text);
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let bare = server_rt.block_on(TestHost::start(BARE));
-    let guarded = server_rt.block_on(TestHost::start(GUARDED));
-    let token = issue_local(
-        guarded.dir.path(),
-        &TokenRequest {
-            subject: "bench".into(),
-            scopes: vec!["bench".into()],
-            roles: vec![],
-            ttl: Duration::from_secs(3600),
-            audience: LOCAL_AUDIENCE.into(),
-            issuer: LOCAL_ISSUER.into(),
-        },
-    )?;
-    let auth = Arc::new(format!("Bearer {token}"));
+    let mut configs = vec![("bare route (no auth, no limit, no call log)", BARE)];
+    if parts {
+        configs.extend(PARTS);
+    }
+    configs.push(("JWT + scope + rate limit + call log", GUARDED));
+    // Each host with the Authorization value its route needs (each has its own local key).
+    let mut hosts = Vec::new();
+    for (name, manifest) in &configs {
+        let host = server_rt.block_on(TestHost::start(manifest));
+        let auth = match manifest.contains("[auth.local]") {
+            true => Some(format!(
+                "Bearer {}",
+                issue_local(
+                    host.dir.path(),
+                    &TokenRequest {
+                        subject: "bench".into(),
+                        scopes: vec!["bench".into()],
+                        roles: vec![],
+                        ttl: Duration::from_secs(3600),
+                        audience: LOCAL_AUDIENCE.into(),
+                        issuer: LOCAL_ISSUER.into(),
+                    },
+                )?
+            )),
+            false => None,
+        };
+        hosts.push((*name, host, auth.map(Arc::new)));
+    }
 
-    // Both answer, and the guarded one refuses without the token.
-    let check = |addr, token: Option<&str>| {
-        let mut req = common::get(addr, "/hello");
-        if let Some(t) = token {
-            req.headers_mut()
-                .insert(http::header::AUTHORIZATION, t.parse().unwrap());
+    // Each answers, and a guarded one refuses without its token.
+    for (name, host, auth) in &hosts {
+        let addr = host.host.addr();
+        let status = |token: Option<&str>| {
+            let mut req = common::get(addr, &format!("http://{addr}/hello"));
+            if let Some(t) = token {
+                req.headers_mut()
+                    .insert(http::header::AUTHORIZATION, t.parse().unwrap());
+            }
+            server_rt.block_on(async {
+                let client = atoll_tests::client();
+                client.request(req).await.map(|r| r.status().as_u16())
+            })
+        };
+        anyhow::ensure!(
+            status(auth.as_deref().map(String::as_str))? == 200,
+            "{name}: refused"
+        );
+        if auth.is_some() {
+            anyhow::ensure!(status(None)? == 401, "{name}: auth not enforced");
         }
-        server_rt.block_on(async {
-            let client = atoll_tests::client();
-            client.request(req).await.map(|r| r.status().as_u16())
-        })
-    };
-    anyhow::ensure!(check(bare.host.addr(), None)? == 200, "bare host failed");
-    anyhow::ensure!(
-        check(guarded.host.addr(), None)? == 401,
-        "auth not enforced"
-    );
-    anyhow::ensure!(
-        check(guarded.host.addr(), Some(&auth))? == 200,
-        "token refused"
-    );
+    }
     println!(
         "load: {} keep-alive HTTP/1.1 connections, {:?} warm-up, {rounds} rounds of {:?} per host, alternating",
         load.connections, load.warmup, load.duration
     );
 
-    let mut results: [Vec<LoadResult>; 2] = [Vec::new(), Vec::new()];
+    let mut results: Vec<Vec<LoadResult>> = hosts.iter().map(|_| Vec::new()).collect();
     for _ in 0..rounds {
-        let addr = bare.host.addr();
-        let r = run_load(
-            addr,
-            load,
-            StatusCode::OK,
-            Arc::new(move |_, _| common::get(addr, "/hello")),
-        );
-        r.warn("bare");
-        results[0].push(r);
-        let addr = guarded.host.addr();
-        let auth = auth.clone();
-        let r = run_load(
-            addr,
-            load,
-            StatusCode::OK,
-            Arc::new(move |_, _| {
-                let mut req = common::get(addr, "/hello");
-                req.headers_mut()
-                    .insert(http::header::AUTHORIZATION, auth.parse().unwrap());
-                req
-            }),
-        );
-        r.warn("guarded");
-        results[1].push(r);
+        for ((name, host, auth), out) in hosts.iter().zip(&mut results) {
+            let addr = host.host.addr();
+            let auth = auth.clone();
+            let r = run_load(
+                addr,
+                load,
+                StatusCode::OK,
+                Arc::new(move |_, _| {
+                    let mut req = common::get(addr, "/hello");
+                    if let Some(a) = &auth {
+                        req.headers_mut()
+                            .insert(http::header::AUTHORIZATION, a.parse().unwrap());
+                    }
+                    req
+                }),
+            );
+            r.warn(name);
+            out.push(r);
+        }
     }
     let rate = |rs: &[LoadResult]| rs.iter().map(LoadResult::rate).sum::<f64>() / rs.len() as f64;
     let p = |rs: &[LoadResult], q| {
@@ -128,34 +183,33 @@ fn main() -> anyhow::Result<()> {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let errors = |rs: &[LoadResult]| rs.iter().map(|r| r.errors).sum::<u64>();
-    let rows = vec![
-        vec![
-            "bare route (no auth, no limit, no call log)".to_string(),
-            fmt_rate(rate(&results[0])),
-            fmt_ns(p(&results[0], 0.5)),
-            fmt_ns(p(&results[0], 0.99)),
-            errors(&results[0]).to_string(),
-        ],
-        vec![
-            "JWT + scope + rate limit + call log".to_string(),
-            fmt_rate(rate(&results[1])),
-            fmt_ns(p(&results[1], 0.5)),
-            fmt_ns(p(&results[1], 0.99)),
-            errors(&results[1]).to_string(),
-        ],
-    ];
+    let bare = rate(&results[0]);
+    let rows: Vec<Vec<String>> = hosts
+        .iter()
+        .zip(&results)
+        .map(|((name, ..), rs)| {
+            vec![
+                name.to_string(),
+                fmt_rate(rate(rs)),
+                format!("{:.1}%", (1.0 - rate(rs) / bare) * 100.0),
+                fmt_ns(p(rs, 0.5)),
+                fmt_ns(p(rs, 0.99)),
+                rs.iter().map(|r| r.errors).sum::<u64>().to_string(),
+            ]
+        })
+        .collect();
     print_table(
         "GET /hello, in-process load generator (mean req/s, median p50/p99 over rounds)",
-        &["route", "req/s", "p50", "p99", "errors"],
+        &["route", "req/s", "cost", "p50", "p99", "errors"],
         &rows,
     );
+    let all = results.last().expect("the guarded host");
     let per_round: Vec<String> = results[0]
         .iter()
-        .zip(&results[1])
+        .zip(all)
         .map(|(b, g)| format!("{:.1}%", (1.0 - g.rate() / b.rate()) * 100.0))
         .collect();
-    let cost = 1.0 - rate(&results[1]) / rate(&results[0]);
+    let cost = 1.0 - rate(all) / bare;
     println!("\nthroughput cost per round: {}", per_round.join(", "));
     println!(
         "goal: auth + rate limit + call log cost < {:.0}% of throughput: {} ({:.1}%)",
@@ -163,14 +217,12 @@ fn main() -> anyhow::Result<()> {
         if cost < GOAL { "met" } else { "NOT met" },
         cost * 100.0
     );
+    let (_, guarded, _) = hosts.last().expect("the guarded host");
     if let Some(log) = guarded.host.gateway().call_log() {
-        let rows = server_rt.block_on(log.query(&Default::default()))?;
-        println!(
-            "call log rows readable after the run: {} (newest 100 by default)",
-            rows.len()
-        );
+        println!("call log rows dropped (writer behind): {}", log.dropped());
     }
-    server_rt.block_on(bare.stop());
-    server_rt.block_on(guarded.stop());
+    for (_, host, _) in hosts {
+        server_rt.block_on(host.stop());
+    }
     Ok(())
 }

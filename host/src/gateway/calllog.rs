@@ -586,6 +586,7 @@ impl CallLog {
         let sent = tokio::task::spawn_blocking(move || tx.send(Msg::Close(done)).is_ok())
             .await
             .unwrap_or(false);
+        self.wake_writer();
         let result = match sent {
             true => closed
                 .await
@@ -597,6 +598,14 @@ impl CallLog {
             let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         }
         result.with_context(|| format!("closing the call log at {}", self.dir.display()))
+    }
+
+    /// Ends the writer's pause between batches: a flush or close is
+    /// answered at once, while rows alone wait for the pause to end.
+    fn wake_writer(&self) {
+        if let Some(writer) = &*self.writer.lock().unwrap_or_else(|e| e.into_inner()) {
+            writer.thread().unpark();
+        }
     }
 
     fn store(&self) -> anyhow::Result<Arc<Store>> {
@@ -617,6 +626,7 @@ impl CallLog {
         if !sent {
             bail!("the call log is closed");
         }
+        self.wake_writer();
         flushed
             .await
             .map_err(|_| anyhow!("the call log is closed"))?
@@ -1060,7 +1070,8 @@ impl Writer {
                 return;
             }
             if rows_in_batch > 0 && rows_in_batch < MAX_BATCH {
-                std::thread::sleep(BATCH_PAUSE);
+                // Woken early by a flush or close (`wake_writer`).
+                std::thread::park_timeout(BATCH_PAUSE);
             }
         }
         // Every sender is gone (the log was dropped without close).

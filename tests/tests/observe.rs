@@ -190,3 +190,46 @@ async fn metrics_count_exactly_what_happened_and_probes_answer() {
     );
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_operations_and_flushes_are_counted() {
+    let h = TestHost::start(
+        r#"
+        [components.counter]
+        source = "{kv-counter}"
+        routes = ["/kv/..."]
+        "#,
+    )
+    .await;
+    let before = metrics(&h).await;
+    for _ in 0..3 {
+        assert_eq!(get(&h.url("/kv/incr/visits")).await.status, 200);
+    }
+    let r = atoll_tests::send("PUT", &h.url("/kv/set/name"), "ada")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 204);
+    assert_eq!(get(&h.url("/kv/get/name")).await.body, "ada");
+    assert_eq!(get(&h.url("/kv/get/missing")).await.status, 404);
+    let after = metrics(&h).await;
+    let moved = |key: &str| at(&after, key) - before.get(key).copied().unwrap_or(0.0);
+    let op = |op: &str| format!("atoll_kv_operations_total{{component=\"counter\",op=\"{op}\"}}");
+    assert_eq!(moved(&op("update")), 3.0, "increments");
+    assert_eq!(moved(&op("set")), 1.0);
+    assert_eq!(moved(&op("get")), 2.0);
+    assert_eq!(moved(&op("delete")), 0.0);
+    // Every write was made durable before its response: at least one flush,
+    // at most one per write; each in the histogram.
+    let flushes = moved("atoll_kv_flushes_total");
+    assert!((1.0..=4.0).contains(&flushes), "{flushes} flushes");
+    assert_eq!(moved("atoll_kv_flush_duration_seconds_count"), flushes);
+    assert_eq!(moved("atoll_kv_flush_failures_total"), 0.0);
+    assert_eq!(
+        at(
+            &after,
+            "atoll_kv_flush_duration_seconds_bucket{le=\"+Inf\"}"
+        ),
+        at(&after, "atoll_kv_flushes_total")
+    );
+    h.stop().await;
+}

@@ -24,6 +24,9 @@ use tokio::sync::watch;
 
 type FlushFn = Box<dyn Fn() -> anyhow::Result<()> + Send + Sync>;
 
+/// Called after each flush with how long it took and whether it succeeded.
+pub type FlushObserver = Box<dyn Fn(std::time::Duration, bool) + Send + Sync>;
+
 /// A group-commit flusher over any flush function, on its own OS thread
 /// (flushes block on fsync; they must not hold a tokio worker).
 pub struct GroupCommit {
@@ -56,6 +59,15 @@ struct Shared {
 impl GroupCommit {
     /// Starts the flusher thread.
     pub fn start(name: &str, flush: FlushFn) -> anyhow::Result<GroupCommit> {
+        Self::start_observed(name, flush, Box::new(|_, _| {}))
+    }
+
+    /// Starts the flusher thread; `observe` hears of every flush.
+    pub fn start_observed(
+        name: &str,
+        flush: FlushFn,
+        observe: FlushObserver,
+    ) -> anyhow::Result<GroupCommit> {
         let shared = Arc::new(Shared {
             started: AtomicU64::new(0),
             issued: AtomicU64::new(0),
@@ -68,7 +80,7 @@ impl GroupCommit {
         let s = shared.clone();
         let thread = thread::Builder::new()
             .name(format!("atoll-{name}-flush"))
-            .spawn(move || flusher(s, flush, tx))
+            .spawn(move || flusher(s, flush, observe, tx))
             .context("starting flush thread")?;
         Ok(GroupCommit {
             shared,
@@ -140,7 +152,12 @@ impl Drop for GroupCommit {
     }
 }
 
-fn flusher(shared: Arc<Shared>, flush: FlushFn, done: watch::Sender<Completed>) {
+fn flusher(
+    shared: Arc<Shared>,
+    flush: FlushFn,
+    observe: FlushObserver,
+    done: watch::Sender<Completed>,
+) {
     loop {
         {
             let mut wanted = shared.wanted.lock().unwrap_or_else(|e| e.into_inner());
@@ -154,7 +171,10 @@ fn flusher(shared: Arc<Shared>, flush: FlushFn, done: watch::Sender<Completed>) 
         }
         let number = shared.started.fetch_add(1, Ordering::SeqCst) + 1;
         let covers = shared.issued.load(Ordering::SeqCst);
-        let error = flush().err().map(|e| {
+        let began = std::time::Instant::now();
+        let result = flush();
+        observe(began.elapsed(), result.is_ok());
+        let error = result.err().map(|e| {
             tracing::error!(error = %format!("{e:#}"), "kv flush failed");
             Arc::from(format!("{e:#}"))
         });

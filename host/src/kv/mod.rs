@@ -16,6 +16,7 @@ mod binding;
 mod commit;
 mod memory;
 mod sled_backend;
+pub mod stats;
 
 use std::sync::Arc;
 
@@ -61,6 +62,10 @@ pub trait KvBackend: Send + Sync + 'static {
     fn has_pending(&self) -> bool;
     /// Flushes everything (shutdown).
     fn flush_blocking(&self) -> anyhow::Result<()>;
+    /// Operation and flush counters, if the backend keeps them.
+    fn stats(&self) -> Option<&stats::KvStats> {
+        None
+    }
 }
 
 /// A read-modify-write step: the current value (if any) to the new one.

@@ -7,12 +7,14 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use super::commit::WriteTracker;
+use super::stats::{KvStats, Op, OpCounts};
 use super::{GroupCommit, KvBackend, KvError, Namespace, UpdateFn, scan_start};
 
 /// sled-backed stores with group-commit durability.
 pub struct SledBackend {
     db: sled::Db,
     commit: GroupCommit,
+    stats: Arc<KvStats>,
 }
 
 impl SledBackend {
@@ -31,14 +33,17 @@ impl SledBackend {
                 )
             })?;
         let flush_db = db.clone();
-        let commit = GroupCommit::start(
+        let stats = Arc::new(KvStats::default());
+        let observed = stats.clone();
+        let commit = GroupCommit::start_observed(
             "kv",
             Box::new(move || {
                 flush_db.flush().context("flushing sled")?;
                 Ok(())
             }),
+            Box::new(move |took, ok| observed.flushed(took, ok)),
         )?;
-        Ok(SledBackend { db, commit })
+        Ok(SledBackend { db, commit, stats })
     }
 
     /// The underlying database, for the bus and benchmarks.
@@ -66,6 +71,7 @@ impl KvBackend for SledBackend {
         Ok(Arc::new(SledNamespace {
             tree,
             writes: self.commit.tracker(),
+            ops: self.stats.component(component),
         }))
     }
 
@@ -81,15 +87,21 @@ impl KvBackend for SledBackend {
         self.db.flush().context("flushing key-value store")?;
         Ok(())
     }
+
+    fn stats(&self) -> Option<&KvStats> {
+        Some(&self.stats)
+    }
 }
 
 struct SledNamespace {
     tree: sled::Tree,
     writes: WriteTracker,
+    ops: Arc<OpCounts>,
 }
 
 impl Namespace for SledNamespace {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        self.ops.add(Op::Get);
         Ok(self
             .tree
             .get(key)
@@ -98,16 +110,19 @@ impl Namespace for SledNamespace {
     }
 
     fn contains(&self, key: &[u8]) -> Result<bool, KvError> {
+        self.ops.add(Op::Exists);
         self.tree.contains_key(key).map_err(KvError::backend)
     }
 
     fn set(&self, key: &[u8], value: &[u8]) -> Result<(), KvError> {
+        self.ops.add(Op::Set);
         self.writes.note_write();
         self.tree.insert(key, value).map_err(KvError::backend)?;
         Ok(())
     }
 
     fn delete(&self, key: &[u8]) -> Result<(), KvError> {
+        self.ops.add(Op::Delete);
         self.writes.note_write();
         self.tree.remove(key).map_err(KvError::backend)?;
         Ok(())
@@ -119,6 +134,7 @@ impl Namespace for SledNamespace {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<Vec<u8>>, KvError> {
+        self.ops.add(Op::List);
         self.tree
             .range::<Vec<u8>, _>((scan_start(prefix, after), Bound::Unbounded))
             .keys()
@@ -129,6 +145,7 @@ impl Namespace for SledNamespace {
     }
 
     fn update(&self, key: &[u8], f: &mut UpdateFn<'_>) -> Result<Vec<u8>, KvError> {
+        self.ops.add(Op::Update);
         // compare-and-swap loop: sled's update_and_fetch cannot carry an error out.
         let mut current = self.tree.get(key).map_err(KvError::backend)?;
         loop {
@@ -146,6 +163,7 @@ impl Namespace for SledNamespace {
     }
 
     fn apply_batch(&self, sets: &[(Vec<u8>, Vec<u8>)], deletes: &[Vec<u8>]) -> Result<(), KvError> {
+        self.ops.add(Op::Batch);
         let mut batch = sled::Batch::default();
         for (k, v) in sets {
             batch.insert(k.as_slice(), v.as_slice());

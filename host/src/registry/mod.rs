@@ -18,7 +18,7 @@ mod view;
 mod watch;
 
 pub use deploy::{DeployError, DeployReport, DeployRequest, Origin, RegistryParts};
-pub use stats::{LATENCY_BOUNDS, Limit, MAX_WINDOW, VersionStats, Window};
+pub use stats::{Histogram, LATENCY_BOUNDS, Limit, MAX_WINDOW, VersionStats, Window};
 pub use store::{ComponentState, Event, RegistryStore, VersionRecord};
 pub use view::{
     CanaryView, ComponentView, EdgeView, HealthCheck, HealthView, RegistryView, VersionView,
@@ -239,6 +239,11 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// The key-value store its components use.
+    pub fn kv(&self) -> &Arc<dyn KvBackend> {
+        &self.kv
+    }
+
     /// The route table.
     pub fn routes(&self) -> &RouteTable {
         &self.routes

@@ -18,6 +18,45 @@ pub const LATENCY_BOUNDS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5, 10.0,
 ];
 
+/// A latency histogram over [`LATENCY_BOUNDS`]: lock-free counters, read
+/// at scrape time. Invocations, kv flushes and the like share it.
+#[derive(Default)]
+pub struct Histogram {
+    /// Per bucket (not cumulative), then `+Inf`.
+    buckets: [AtomicU64; LATENCY_BOUNDS.len() + 1],
+    /// Sum in microseconds.
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one duration.
+    pub fn observe(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        let i = LATENCY_BOUNDS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BOUNDS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts per bound (then `+Inf`), and the sum in seconds.
+    pub fn snapshot(&self) -> (Vec<u64>, f64) {
+        let mut total = 0;
+        let cumulative = self
+            .buckets
+            .iter()
+            .map(|c| {
+                total += c.load(Ordering::Relaxed);
+                total
+            })
+            .collect();
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        (cumulative, sum)
+    }
+}
+
 /// Why the host stopped or refused an invocation of a version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
@@ -61,9 +100,7 @@ pub struct VersionStats {
     /// HTTP answers by class (index = status / 100).
     statuses: [AtomicU64; 6],
     /// Latency histogram: per bucket (not cumulative), then `+Inf`.
-    latency: [AtomicU64; LATENCY_BOUNDS.len() + 1],
-    /// Sum of latencies in microseconds.
-    latency_sum_us: AtomicU64,
+    latency: Histogram,
     /// Refusals and stops by [`Limit`].
     limits: [AtomicU64; 4],
 }
@@ -118,8 +155,7 @@ impl Default for VersionStats {
             in_flight: AtomicU64::new(0),
             buckets: (0..BUCKETS).map(|_| Bucket::default()).collect(),
             statuses: Default::default(),
-            latency: Default::default(),
-            latency_sum_us: AtomicU64::new(0),
+            latency: Histogram::default(),
             limits: Default::default(),
         }
     }
@@ -164,14 +200,7 @@ impl VersionStats {
 
     /// Records how long an invocation took.
     pub fn observe(&self, took: Duration) {
-        let secs = took.as_secs_f64();
-        let i = LATENCY_BOUNDS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(LATENCY_BOUNDS.len());
-        self.latency[i].fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_us
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.latency.observe(took);
     }
 
     /// Counts a limit reached.
@@ -193,17 +222,7 @@ impl VersionStats {
 
     /// The latency histogram: cumulative counts per bound (then `+Inf`), and the sum in seconds.
     pub fn latency(&self) -> (Vec<u64>, f64) {
-        let mut total = 0;
-        let cumulative = self
-            .latency
-            .iter()
-            .map(|c| {
-                total += c.load(Ordering::Relaxed);
-                total
-            })
-            .collect();
-        let sum = self.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-        (cumulative, sum)
+        self.latency.snapshot()
     }
 
     /// Outcomes in the last `window` (whole seconds, the current one included).

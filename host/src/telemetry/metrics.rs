@@ -382,10 +382,73 @@ pub fn render(registry: &Registry, bus: &Bus, gateway: Option<&Gateway>) -> Stri
             }
         }
     }
+    if let Some(kv) = registry.kv().stats() {
+        render_kv(&mut out, kv);
+    }
     if let Some(gateway) = gateway {
         render_gateway(&mut out, gateway);
     }
     out
+}
+
+/// Key-value operations per component and op, and the group commit's flushes.
+fn render_kv(out: &mut String, kv: &crate::kv::stats::KvStats) {
+    use crate::kv::stats::Op;
+    let name = "atoll_kv_operations_total";
+    let mut f = family(
+        out,
+        name,
+        "counter",
+        "Key-value operations by component (its namespace, shared by its versions) and op.",
+    );
+    for (component, ops) in kv.components() {
+        for op in Op::ALL {
+            f.sample(
+                name,
+                &[("component", &component), ("op", op.as_str())],
+                ops.get(op) as f64,
+            );
+        }
+    }
+    let name = "atoll_kv_flushes_total";
+    let mut f = family(
+        out,
+        name,
+        "counter",
+        "Group-commit flushes of the key-value store (each makes many writes durable).",
+    );
+    f.sample(
+        name,
+        &[],
+        kv.flushes.load(std::sync::atomic::Ordering::Relaxed) as f64,
+    );
+    let name = "atoll_kv_flush_failures_total";
+    let mut f = family(out, name, "counter", "Flushes that failed.");
+    f.sample(
+        name,
+        &[],
+        kv.flush_failures.load(std::sync::atomic::Ordering::Relaxed) as f64,
+    );
+    let name = "atoll_kv_flush_duration_seconds";
+    let mut f = family(
+        out,
+        name,
+        "histogram",
+        "How long a group-commit flush took (fsync included).",
+    );
+    let (cumulative, sum) = kv.flush_latency.snapshot();
+    for (i, count) in cumulative.iter().enumerate() {
+        let le = LATENCY_BOUNDS
+            .get(i)
+            .map_or("+Inf".to_string(), |b| b.to_string());
+        f.sample(&format!("{name}_bucket"), &[("le", &le)], *count as f64);
+    }
+    f.sample(&format!("{name}_sum"), &[], sum);
+    f.sample(
+        &format!("{name}_count"),
+        &[],
+        cumulative.last().copied().unwrap_or(0) as f64,
+    );
 }
 
 /// The gateway's own answers (rejections by route and reason) and its rate limit buckets.

@@ -138,6 +138,13 @@ async fn metrics_count_exactly_what_happened_and_probes_answer() {
         )),
         6.0
     );
+    // The traps by kind add up to the trap limit hits.
+    let traps: Vec<(&String, &f64)> = after
+        .iter()
+        .filter(|(k, _)| k.starts_with(&format!("atoll_traps_total{{{pricing},kind=")))
+        .collect();
+    assert_eq!(traps.len(), 1, "{traps:?}");
+    assert_eq!(*traps[0].1, 2.0, "{traps:?}");
     assert_eq!(
         at(
             &after,

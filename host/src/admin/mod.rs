@@ -15,8 +15,10 @@
 //! | `POST /v1/components/{name}/rollback?to=` | drop the canary, or activate a kept version |
 //! | `DELETE /v1/components/{name}` | stop serving it, after in-flight work drains |
 //! | `GET /v1/calls?component=&route=&status=&since=&until=&limit=&follow=` | the call log's newest `limit` matching rows, oldest first; `follow=1`: as newline-delimited JSON, then each new row until the host stops |
+//! | `GET /v1/logs?component=&source=&level=&since=&trace_id=&limit=&follow=` | the newest `limit` matching guest and host log records ([`crate::telemetry::logs`]), oldest first; `follow=1` as for `/v1/calls` |
 //!
-//! `GET /healthz`, `GET /readyz` and `GET /metrics` (Prometheus text) need no
+//! `GET /healthz`, `GET /readyz`, `GET /metrics` (Prometheus text), and the
+//! status page `GET /status` with its data `GET /status.json` need no
 //! token. Errors are `{"error": "..."}`. A message's headers come from the request
 //! headers `atoll-header-<name>`, plus `traceparent` and `tracestate`.
 //!
@@ -25,6 +27,7 @@
 
 mod files;
 mod routes;
+pub mod status;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -103,11 +106,14 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
     let span = |peer| tracing::debug_span!("admin.connection", %peer);
+    let stopping = shutdown.clone();
     listen::accept_until(listener, shutdown, SHUTDOWN_GRACE, span, |stream, peer| {
         let state = state.clone();
+        let stopping = stopping.clone();
         let service = service_fn(move |req| {
             let state = state.clone();
-            async move { Ok::<_, Infallible>(handle(state, req, peer).await) }
+            let stopping = stopping.clone();
+            async move { Ok::<_, Infallible>(handle(state, req, peer, stopping).await) }
         });
         builder.serve_connection(TokioIo::new(stream), service)
     })
@@ -119,6 +125,7 @@ async fn handle(
     state: Arc<AdminState>,
     req: Request<Incoming>,
     peer: SocketAddr,
+    stopping: watch::Receiver<bool>,
 ) -> Response<AdminBody> {
     let (parts, body) = req.into_parts();
     let span =
@@ -132,6 +139,10 @@ async fn handle(
                 query,
                 follow: true,
             }) => follow_calls(&state, &query).await,
+            Ok(Action::Logs {
+                query,
+                follow: true,
+            }) => Ok(follow_logs(&query, stopping)),
             Ok(action) => execute(&state, action, body)
                 .await
                 .map(|res| res.map(BodyExt::boxed_unsync)),
@@ -156,8 +167,8 @@ async fn handle(
 }
 
 /// The endpoints that need no token (probes and scrapers): `GET /healthz`,
-/// `GET /readyz`, `GET /metrics`. They reveal names and counts, never
-/// payloads or secrets.
+/// `GET /readyz`, `GET /metrics`, `GET /status`, `GET /status.json`. They
+/// reveal names and counts, never payloads or secrets.
 fn open_endpoint(
     state: &AdminState,
     method: &http::Method,
@@ -203,6 +214,8 @@ fn open_endpoint(
                 state.gateway.as_deref(),
             ),
         )),
+        "/status" => Some(status::page()),
+        "/status.json" => Some(status::json(state)),
         _ => None,
     }
 }
@@ -340,6 +353,13 @@ async fn execute(
             })?;
             json(StatusCode::OK, &rows)
         }
+        Action::Logs { query, .. } => {
+            let records = crate::telemetry::logs::hub().query(&query);
+            json(
+                StatusCode::OK,
+                &records.iter().map(|r| &**r).collect::<Vec<_>>(),
+            )
+        }
         Action::Replay {
             topic,
             subscription,
@@ -382,12 +402,64 @@ async fn follow_calls(
             format!("reading the call log failed: {e:#}"),
         )
     })?;
+    Ok(ndjson(lines))
+}
+
+/// A streamed answer of newline-delimited JSON.
+fn ndjson(lines: tokio::sync::mpsc::Receiver<Bytes>) -> Response<AdminBody> {
     let mut res = Response::new(Lines(lines).boxed_unsync());
     res.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/x-ndjson"),
     );
-    Ok(res)
+    res
+}
+
+/// `GET /v1/logs?follow=1`: the matching records as newline-delimited JSON,
+/// then each new one, until the client goes or the host stops. A line
+/// `{"lagged": n}` says n records went by while the client was behind.
+fn follow_logs(
+    query: &crate::telemetry::logs::LogQuery,
+    mut stopping: watch::Receiver<bool>,
+) -> Response<AdminBody> {
+    use crate::telemetry::logs::{Followed, hub};
+    let (backlog, mut follower) = hub().follow(query);
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut lines = Vec::new();
+        for record in &backlog {
+            json_line(&mut lines, &**record);
+        }
+        if !lines.is_empty() && tx.send(Bytes::from(lines)).await.is_err() {
+            return;
+        }
+        loop {
+            let next = tokio::select! {
+                _ = tx.closed() => return,
+                _ = stopping.wait_for(|stop| *stop) => return,
+                next = follower.next() => next,
+            };
+            let mut line = Vec::new();
+            match next {
+                None => return,
+                Some(Followed::Record(record)) => json_line(&mut line, &*record),
+                Some(Followed::Lagged(n)) => {
+                    json_line(&mut line, &serde_json::json!({ "lagged": n }))
+                }
+            }
+            if tx.send(Bytes::from(line)).await.is_err() {
+                return;
+            }
+        }
+    });
+    ndjson(rx)
+}
+
+/// `value` as one line of JSON (records and small objects always encode).
+fn json_line(out: &mut Vec<u8>, value: &impl Serialize) {
+    if serde_json::to_writer(&mut *out, value).is_ok() {
+        out.push(b'\n');
+    }
 }
 
 /// A body of the chunks a task sends; it ends when the task drops its sender.

@@ -9,15 +9,17 @@ use percent_encoding::percent_decode_str;
 use subtle::ConstantTimeEq;
 
 use crate::gateway::calllog::{self, CallQuery, StatusFilter};
+use crate::telemetry::logs::{Level, LogQuery, Source, TraceId};
 
 /// Largest request body read: the largest `max_payload` a topic may declare.
 /// The bus enforces each topic's own limit.
 pub const MAX_BODY: u64 = 64 << 20;
 /// Prefix of request headers that become message headers.
 pub const HEADER_PREFIX: &str = "atoll-header-";
-/// Dead letters or call log rows listed when the request gives no `limit`.
+/// Dead letters, call log rows or log records listed when the request gives
+/// no `limit`.
 pub const DEFAULT_LIMIT: usize = 100;
-/// Most dead letters or call log rows one request lists.
+/// Most dead letters, call log rows or log records one request lists.
 pub const MAX_LIMIT: usize = 10_000;
 /// Largest component binary a deploy uploads.
 pub const MAX_UPLOAD: u64 = 256 << 20;
@@ -89,6 +91,15 @@ pub enum Action {
         /// The filters and limit (times resolved to Unix ms).
         query: CallQuery,
         /// Keep the answer open and stream new rows.
+        follow: bool,
+    },
+    /// `GET /v1/logs?component=&source=&level=&since=&trace_id=&limit=&follow=`:
+    /// guest and host log records, oldest first; with `follow`, then new
+    /// records as they come (newline-delimited JSON).
+    Logs {
+        /// The filters and limit (`since` resolved to Unix ms).
+        query: LogQuery,
+        /// Keep the answer open and stream new records.
         follow: bool,
     },
 }
@@ -233,6 +244,7 @@ pub fn parse(
             })
         }
         Route::Calls => calls(&query),
+        Route::Logs => logs(&query),
         Route::Replay(topic) => {
             query.only(&["subscription", "id"])?;
             let ids = query.all("id")?;
@@ -258,16 +270,7 @@ fn calls(query: &Query) -> Result<Action, ApiError> {
         "follow",
     ])?;
     let now = calllog::now_ms();
-    let time = |name: &str| -> Result<Option<u64>, ApiError> {
-        query
-            .single(name)?
-            .map(|v| {
-                calllog::parse_time(&v, now)
-                    .map_err(|e| ApiError::bad_request(format!("query parameter `{name}`: {e}")))
-            })
-            .transpose()
-    };
-    let (since_ms, until_ms) = (time("since")?, time("until")?);
+    let (since_ms, until_ms) = (time(query, "since", now)?, time(query, "until", now)?);
     if let (Some(since), Some(until)) = (since_ms, until_ms)
         && since > until
     {
@@ -280,15 +283,6 @@ fn calls(query: &Query) -> Result<Action, ApiError> {
         StatusFilter::parse(s)
             .map_err(|e| ApiError::bad_request(format!("query parameter `status`: {e}")))?;
     }
-    let follow = match query.single("follow")?.as_deref() {
-        None | Some("0") | Some("false") => false,
-        Some("1") | Some("true") => true,
-        Some(f) => {
-            return Err(ApiError::bad_request(format!(
-                "query parameter `follow` = `{f}` is not valid; give `1` or `0`"
-            )));
-        }
-    };
     Ok(Action::Calls {
         query: CallQuery {
             component: query.single("component")?,
@@ -298,8 +292,69 @@ fn calls(query: &Query) -> Result<Action, ApiError> {
             until_ms,
             limit: Some(limit(query)?),
         },
-        follow,
+        follow: follow(query)?,
     })
+}
+
+/// `GET /v1/logs`: `level` is the least severe level shown; `since` as for
+/// `/v1/calls`; `trace_id` the 32 hex digits of a traceparent's trace id.
+fn logs(query: &Query) -> Result<Action, ApiError> {
+    query.only(&[
+        "component",
+        "source",
+        "level",
+        "since",
+        "trace_id",
+        "limit",
+        "follow",
+    ])?;
+    /// A parameter parsed with its type's `FromStr`, whose errors say what is valid.
+    fn parsed<T: std::str::FromStr<Err = String>>(
+        query: &Query,
+        name: &str,
+    ) -> Result<Option<T>, ApiError> {
+        query
+            .single(name)?
+            .map(|v| {
+                v.parse()
+                    .map_err(|e| ApiError::bad_request(format!("query parameter `{name}`: {e}")))
+            })
+            .transpose()
+    }
+    Ok(Action::Logs {
+        query: LogQuery {
+            component: query.single("component")?,
+            source: parsed::<Source>(query, "source")?,
+            level: parsed::<Level>(query, "level")?,
+            since_ms: time(query, "since", calllog::now_ms())?,
+            trace_id: parsed::<TraceId>(query, "trace_id")?,
+            limit: Some(limit(query)?),
+        },
+        follow: follow(query)?,
+    })
+}
+
+/// A time parameter: a duration before `now` (`10m`) or an RFC 3339 time,
+/// as Unix ms.
+fn time(query: &Query, name: &str, now: u64) -> Result<Option<u64>, ApiError> {
+    query
+        .single(name)?
+        .map(|v| {
+            calllog::parse_time(&v, now)
+                .map_err(|e| ApiError::bad_request(format!("query parameter `{name}`: {e}")))
+        })
+        .transpose()
+}
+
+/// `follow`: `1`/`true` or `0`/`false`, off when not given.
+fn follow(query: &Query) -> Result<bool, ApiError> {
+    match query.single("follow")?.as_deref() {
+        None | Some("0") | Some("false") => Ok(false),
+        Some("1") | Some("true") => Ok(true),
+        Some(f) => Err(ApiError::bad_request(format!(
+            "query parameter `follow` = `{f}` is not valid; give `1` or `0`"
+        ))),
+    }
 }
 
 /// `limit`: 1 to [`MAX_LIMIT`], [`DEFAULT_LIMIT`] when not given.
@@ -385,6 +440,7 @@ enum Route {
     Promote(String),
     Rollback(String),
     Calls,
+    Logs,
 }
 
 /// The route of a path and the methods it takes (`"GET, DELETE"`).
@@ -413,6 +469,7 @@ fn route(path: &str) -> Result<(Route, &'static str), ApiError> {
         }
         ["v1", "components"] => Ok((Route::Components, "GET")),
         ["v1", "calls"] => Ok((Route::Calls, "GET")),
+        ["v1", "logs"] => Ok((Route::Logs, "GET")),
         ["v1", "components", c] if !c.is_empty() => {
             Ok((Route::Component(component(c)?), "GET, DELETE"))
         }
@@ -428,7 +485,7 @@ fn route(path: &str) -> Result<(Route, &'static str), ApiError> {
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!(
-                "no such endpoint: {path}; the admin API has POST /v1/topics/{{topic}}/messages, GET /v1/bus, GET /v1/bus/topics/{{topic}}/dead-letters, POST /v1/bus/topics/{{topic}}/replay, GET /v1/components, GET|DELETE /v1/components/{{name}}, POST /v1/components/{{name}}/versions, POST /v1/components/{{name}}/promote, POST /v1/components/{{name}}/rollback and GET /v1/calls"
+                "no such endpoint: {path}; the admin API has POST /v1/topics/{{topic}}/messages, GET /v1/bus, GET /v1/bus/topics/{{topic}}/dead-letters, POST /v1/bus/topics/{{topic}}/replay, GET /v1/components, GET|DELETE /v1/components/{{name}}, POST /v1/components/{{name}}/versions, POST /v1/components/{{name}}/promote, POST /v1/components/{{name}}/rollback, GET /v1/calls and GET /v1/logs"
             ),
         )),
     }
@@ -851,6 +908,73 @@ mod tests {
         assert_eq!(e.allow, Some("GET"));
         let e = error(request(Method::GET, "/v1/calls/x", &[]));
         assert!(e.message.contains("GET /v1/calls"), "{}", e.message);
+    }
+
+    #[test]
+    fn logs_take_filters_limit_and_follow() {
+        assert_eq!(
+            request(Method::GET, "/v1/logs", &[]),
+            Ok(Action::Logs {
+                query: LogQuery {
+                    limit: Some(DEFAULT_LIMIT),
+                    ..LogQuery::default()
+                },
+                follow: false
+            })
+        );
+        assert_eq!(
+            request(
+                Method::GET,
+                "/v1/logs?component=orders&source=stderr&level=WARN&since=2026-01-02T15:04:05Z&trace_id=0af7651916cd43dd8448eb211c80319c&limit=7&follow=true",
+                &[]
+            ),
+            Ok(Action::Logs {
+                query: LogQuery {
+                    component: Some("orders".into()),
+                    source: Some(Source::Stderr),
+                    level: Some(Level::Warn),
+                    since_ms: Some(1_767_366_245_000),
+                    trace_id: Some(TraceId(0x0af7651916cd43dd8448eb211c80319c)),
+                    limit: Some(7),
+                },
+                follow: true
+            })
+        );
+        for (q, message) in [
+            (
+                "source=file",
+                "query parameter `source`: source `file` is not one of stdout, stderr, log, host",
+            ),
+            (
+                "level=loud",
+                "query parameter `level`: level `loud` is not one of trace, debug, info, warn, error, critical",
+            ),
+            (
+                "trace_id=abc",
+                "query parameter `trace_id`: trace id `abc` is not 32 hex digits",
+            ),
+            (
+                "since=yesterday",
+                "query parameter `since`: `yesterday` is neither a duration ago",
+            ),
+            ("limit=10001", "from 1 to 10000"),
+            ("follow=yes", "`follow` = `yes` is not valid"),
+            ("component=", "`component` is empty"),
+            (
+                "until=1h",
+                "unknown query parameter `until`; this endpoint takes `component`, `source`, `level`, `since`, `trace_id`, `limit`, `follow`",
+            ),
+        ] {
+            let e = error(request(Method::GET, &format!("/v1/logs?{q}"), &[]));
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{q}");
+            assert!(e.message.contains(message), "{q}: {}", e.message);
+        }
+        assert_eq!(
+            error(request(Method::POST, "/v1/logs", &[])).allow,
+            Some("GET")
+        );
+        let e = error(request(Method::GET, "/v1/nope", &[]));
+        assert!(e.message.contains("GET /v1/logs"), "{}", e.message);
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub struct BusState {
     count: usize,
     /// The trace context this invocation runs in, added to what it publishes.
     pub traceparent: Option<String>,
+    /// The version, named on `bus.publish` spans when they are exported.
+    pub version: Option<Arc<str>>,
 }
 
 impl BusState {
@@ -50,6 +52,7 @@ impl BusState {
             max_held,
             count: 0,
             traceparent: None,
+            version: None,
         }
     }
 
@@ -97,6 +100,11 @@ impl BusState {
                 self.max_held
             )));
         }
+        // Exported, the message carries the `bus.publish` span's context,
+        // so its delivery continues the trace under the publish.
+        let exported = crate::telemetry::otlp::exporting()
+            .then(|| crate::telemetry::otlp::traceparent_of(&tracing::Span::current()))
+            .flatten();
         let stored = grant.bus.prepare(
             Origin::Component(&self.component),
             Outgoing {
@@ -106,7 +114,7 @@ impl BusState {
                 id: message.id,
                 partition_key: message.partition_key,
             },
-            self.traceparent.as_deref(),
+            exported.as_deref().or(self.traceparent.as_deref()),
         )?;
         self.count += 1;
         self.held += size;
@@ -177,10 +185,12 @@ impl publisher::Host for BusView<'_> {
         &mut self,
         message: types::OutgoingMessage,
     ) -> wasmtime::Result<Result<String, types::Error>> {
-        let _s = tracing::debug_span!("bus.publish", component = %self.state.component, topic = %message.topic).entered();
+        let span = publish_span(self.state, &message.topic);
+        let _s = span.enter();
         Ok(match self.state.prepare(message) {
             Ok(stored) => {
                 let id = stored.id.clone();
+                span.record("message", &*id);
                 self.state.staged.push(stored);
                 Ok(id)
             }
@@ -193,6 +203,18 @@ impl publisher::Host for BusView<'_> {
 }
 
 impl outbox::Host for BusView<'_> {}
+
+/// `bus.publish`: one message staged (directly or in an outbox transaction).
+fn publish_span(state: &BusState, topic: &str) -> tracing::Span {
+    tracing::debug_span!(
+        "bus.publish",
+        "otel.kind" = "producer",
+        component = %state.component,
+        version = state.version.as_deref().unwrap_or(""),
+        topic,
+        message = tracing::field::Empty,
+    )
+}
 
 impl BusView<'_> {
     fn write(
@@ -287,10 +309,13 @@ impl outbox::HostTransaction for BusView<'_> {
             )));
         }
         let before = self.state.held;
+        let span = publish_span(self.state, &message.topic);
+        let _s = span.enter();
         let stored = match self.state.prepare(message) {
             Ok(s) => s,
             Err(e) => return Ok(Err(e.into())),
         };
+        span.record("message", &*stored.id);
         let id = stored.id.clone();
         let size = self.state.held - before;
         let t = self.tx(&tx)?;

@@ -319,16 +319,39 @@ impl Subscription {
             .map(|(_, v)| v.clone());
         let span = tracing::debug_span!(
             "bus.deliver",
+            "otel.kind" = "consumer",
             component = %rt.name,
+            version = %rt.version,
             subscription = %self.id,
+            topic = %message.topic,
             message = %message.id,
             attempt = attempt.started,
             traceparent = traceparent.as_deref().unwrap_or(""),
+            outcome = tracing::field::Empty,
+            "otel.status_code" = tracing::field::Empty,
         );
+        // Exported: the delivery continues the publisher's trace (a child of
+        // its `bus.publish`, and linked to it), and what the handler does
+        // (calls, messages) continues from the delivery.
+        crate::telemetry::otlp::adopt_remote(&span, traceparent.as_deref());
+        let traceparent = crate::telemetry::otlp::traceparent_of(&span).or(traceparent);
         let (verdict, staged, kv_dirty) = self
             .invoke(&rt, message, attempt.started, traceparent)
-            .instrument(span)
+            .instrument(span.clone())
             .await;
+        if !span.is_disabled() {
+            let outcome = match &verdict {
+                Verdict::Ack => "ack",
+                Verdict::Retry(..) => "retry",
+                Verdict::Reject(_) => "reject",
+                Verdict::NotDelivered(_) => "not_delivered",
+                Verdict::Gone => "gone",
+            };
+            span.record("outcome", outcome);
+            if !matches!(verdict, Verdict::Ack) {
+                span.record("otel.status_code", "error");
+            }
+        }
         match verdict {
             Verdict::Ack => {
                 // Whatever the handler wrote must be durable before the ack can be.
@@ -374,6 +397,9 @@ impl Subscription {
         let deadline = started + rt.limits.deadline;
         let mut store = sandbox::new_store(&rt.engine, &rt.grants, deadline);
         store.data_mut().bus_mut().traceparent = traceparent;
+        if crate::telemetry::otlp::exporting() {
+            store.data_mut().trace_version(&rt.grants);
+        }
         let arg = Message {
             id: message.id,
             topic: message.topic,
@@ -408,9 +434,9 @@ impl Subscription {
                 rt.stats.record(true);
                 rt.stats.limit(crate::registry::Limit::Deadline)
             }
-            Err(_) => {
+            Err(e) => {
                 rt.stats.record(true);
-                rt.stats.limit(crate::registry::Limit::Trap)
+                rt.stats.trapped(e)
             }
         }
         let kv_dirty = store.data().kv_dirty();

@@ -27,7 +27,7 @@
 pub mod breaker;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -721,14 +721,24 @@ impl Target {
                 ),
             ));
         }
+        // `component` and `version` name the callee version that answered
+        // (the fallback's, when it did).
         let span = tracing::debug_span!(
             "call.invoke",
+            "otel.kind" = "client",
             caller = %caller,
             callee = %callee,
             function = %format!("{}#{function}", self.interface.path),
+            component = tracing::field::Empty,
+            version = tracing::field::Empty,
             outcome = tracing::field::Empty,
             attempts = tracing::field::Empty,
+            retries = tracing::field::Empty,
+            breaker = tracing::field::Empty,
+            "otel.status_code" = tracing::field::Empty,
         );
+        // Exported: the callee runs under this span.
+        let traceparent = crate::telemetry::otlp::traceparent_of(&span).or(traceparent);
         let call = CallContext {
             origin: Mutex::new(None),
             registry: &registry,
@@ -738,6 +748,8 @@ impl Target {
             deadline,
             depth,
             traceparent,
+            tries: AtomicU32::new(0),
+            span: span.clone(),
         };
         let result = call
             .run(store.data_mut(), params, results)
@@ -750,6 +762,15 @@ impl Target {
                 Err((f, _)) => f.as_str(),
             },
         );
+        if !span.is_disabled() {
+            let tries = call.tries.load(Ordering::Relaxed);
+            span.record("attempts", tries);
+            span.record("retries", tries.saturating_sub(1));
+            span.record("breaker", edge.breaker_state().state.as_str());
+            if result.is_err() {
+                span.record("otel.status_code", "error");
+            }
+        }
         match result {
             Ok(_) => Ok(()),
             Err((failure, detail)) => {
@@ -811,6 +832,10 @@ struct CallContext<'a> {
     deadline: Instant,
     depth: u32,
     traceparent: Option<String>,
+    /// Attempts made (the callee's and the fallback component's).
+    tries: AtomicU32,
+    /// `call.invoke`, to name the version that answered.
+    span: tracing::Span,
 }
 
 type Failure = (CallFailure, String);
@@ -988,9 +1013,16 @@ impl CallContext<'_> {
             None => self.deadline,
         };
         let called = Instant::now();
+        self.tries.fetch_add(1, Ordering::Relaxed);
         let mut store = sandbox::new_store(&rt.engine, &rt.grants, deadline);
         store.data_mut().set_depth(self.depth);
         store.data_mut().bus_mut().traceparent = self.traceparent.clone();
+        if !self.span.is_disabled() {
+            self.span.record("component", &*rt.name);
+            self.span
+                .record("version", tracing::field::display(&rt.version));
+            store.data_mut().trace_version(&rt.grants);
+        }
         let run = async {
             let instance = rt.pre.instantiate_async(&mut store).await?;
             let func = instance
@@ -1018,9 +1050,9 @@ impl CallContext<'_> {
             }
             Err(e) if pool_full(e) => rt.stats.limit(crate::registry::Limit::Pool),
             Err(e) if e.downcast_ref::<CallError>().is_some() => {}
-            Err(_) => {
+            Err(e) => {
                 rt.stats.record(true);
-                rt.stats.limit(crate::registry::Limit::Trap)
+                rt.stats.trapped(e)
             }
         }
         match result {

@@ -7,10 +7,13 @@ use super::client::{AdminArgs, with_query};
 use super::table;
 use crate::admin::MAX_LIMIT;
 use crate::gateway::calllog::{self, CallRecord, StatusFilter};
+use crate::telemetry::logs::{Level, LogRecord, Source, TraceId};
 
-/// Show the gateway's call log: one row per request, rejected ones included,
-/// the newest `--limit` matching rows, oldest first.
+/// Show the gateway's call log (one row per request, rejected ones
+/// included), or with --app the components' and the host's log records: the
+/// newest `--limit` matching rows, oldest first.
 ///
+/// The call log:
 ///   TIME       when the request arrived (UTC)
 ///   CLIENT     the client's IP address
 ///   METHOD     the request method
@@ -27,14 +30,44 @@ use crate::gateway::calllog::{self, CallRecord, StatusFilter};
 ///              forbidden, rate_limited, body_too_large, body_timeout,
 ///              overloaded, timeout, no_backend, removed), or `-`
 ///
+/// With --app, what components wrote to stdout and stderr, logged through
+/// wasi:logging, and the host's warnings, errors and component events (the
+/// host keeps the newest 10000 in memory):
+///
+///   TIME               when it was written (UTC)
+///   LEVEL              trace, debug, info, warn, error or critical (stdout
+///                      and stderr lines are info)
+///   COMPONENT@VERSION  who wrote it, or `-` for a host event about no
+///                      component
+///   SOURCE             stdout, stderr, log (wasi:logging) or host
+///   TRACE              the W3C trace id of the request or message being
+///                      handled, or `-`
+///   MESSAGE            the text (control characters escaped; a message
+///                      longer than 8 KiB is cut, and says how much)
+///
 /// `--since` and `--until` take a duration ago (`10m`, `2h`, `1d`) or an
 /// RFC 3339 time (`2026-01-02T15:04:05Z`, `2026-01-02T17:04:05+02:00`).
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct Logs {
-    /// Only requests served by this component.
+    /// Show log records of components and the host instead of the call log.
+    #[arg(long)]
+    app: bool,
+    /// Only requests served by this component (with --app: only its records).
     #[arg(long, value_name = "NAME")]
     component: Option<String>,
+    /// With --app: only records from stdout, stderr, log (wasi:logging) or
+    /// host.
+    #[arg(long, value_name = "SOURCE")]
+    source: Option<String>,
+    /// With --app: only records at this level or above (trace, debug, info,
+    /// warn, error, critical).
+    #[arg(long, value_name = "LEVEL")]
+    level: Option<String>,
+    /// With --app: only records of this trace (32 hex digits, as in the
+    /// traceparent header and the call log's TRACE column).
+    #[arg(long, value_name = "TRACE_ID")]
+    trace: Option<String>,
     /// Only requests that matched this route pattern, as the manifest writes
     /// it (e.g. `/api/...`).
     #[arg(long, value_name = "PATTERN")]
@@ -43,17 +76,18 @@ pub struct Logs {
     /// separated by commas (`404,5xx`).
     #[arg(long, value_name = "STATUS")]
     status: Option<String>,
-    /// Only requests that arrived at or after this time.
+    /// Only requests that arrived (records made) at or after this time.
     #[arg(long, value_name = "WHEN")]
     since: Option<String>,
     /// Only requests that arrived before this time.
     #[arg(long, value_name = "WHEN")]
     until: Option<String>,
-    /// How many of the newest matching rows to show (1 to 10000).
+    /// How many of the newest matching rows (records) to show (1 to 10000).
     #[arg(long, value_name = "N", default_value_t = 100)]
     limit: usize,
     /// After the rows so far, print each new matching request as it
-    /// finishes, until the host stops (Ctrl-C to quit).
+    /// finishes (record as it is made), until the host stops (Ctrl-C to
+    /// quit).
     #[arg(long, short)]
     follow: bool,
     /// Print each row as a line of JSON instead of a table.
@@ -80,9 +114,24 @@ const HEADER: [&str; 11] = [
 /// Column widths while following (rows cannot be measured in advance).
 const FOLLOW_WIDTHS: [usize; 11] = [24, 15, 6, 24, 6, 20, 8, 12, 12, 32, 0];
 
+/// The table's header with --app.
+const APP_HEADER: [&str; 6] = [
+    "TIME",
+    "LEVEL",
+    "COMPONENT@VERSION",
+    "SOURCE",
+    "TRACE",
+    "MESSAGE",
+];
+/// Column widths while following with --app.
+const APP_FOLLOW_WIDTHS: [usize; 6] = [24, 8, 24, 6, 32, 0];
+
 impl Logs {
     pub fn execute(self) -> anyhow::Result<()> {
         self.check()?;
+        if self.app {
+            return self.app_logs();
+        }
         let client = self.admin.connect()?;
         let limit = self.limit.to_string();
         let path = with_query(
@@ -111,7 +160,10 @@ impl Logs {
             return Ok(());
         }
         if !self.json {
-            println!("{}", fixed_line(HEADER.map(String::from).to_vec()));
+            println!(
+                "{}",
+                fixed_line(HEADER.map(String::from).to_vec(), &FOLLOW_WIDTHS)
+            );
         }
         client.get_lines(&path, |line| {
             if line.is_empty() {
@@ -128,7 +180,7 @@ impl Logs {
             if self.json {
                 println!("{}", serde_json::to_string(&row)?);
             } else {
-                println!("{}", fixed_line(cells(&row)));
+                println!("{}", fixed_line(cells(&row), &FOLLOW_WIDTHS));
             }
             Ok(())
         })?;
@@ -137,8 +189,105 @@ impl Logs {
         Ok(())
     }
 
+    /// `atoll logs --app`: log records from `GET /v1/logs`.
+    fn app_logs(&self) -> anyhow::Result<()> {
+        let client = self.admin.connect()?;
+        let limit = self.limit.to_string();
+        let path = with_query(
+            "/v1/logs",
+            [
+                ("component", self.component.as_deref()),
+                ("source", self.source.as_deref()),
+                ("level", self.level.as_deref()),
+                ("since", self.since.as_deref()),
+                ("trace_id", self.trace.as_deref()),
+                ("limit", Some(limit.as_str())),
+                ("follow", self.follow.then_some("1")),
+            ],
+        );
+        if !self.follow {
+            let records: Vec<LogRecord> = client.get(&path)?;
+            if self.json {
+                for record in &records {
+                    println!("{}", serde_json::to_string(record)?);
+                }
+            } else if records.is_empty() {
+                println!("no log records match");
+            } else {
+                print!(
+                    "{}",
+                    table(&APP_HEADER, records.iter().map(app_cells).collect())
+                );
+            }
+            return Ok(());
+        }
+        if !self.json {
+            println!(
+                "{}",
+                fixed_line(APP_HEADER.map(String::from).to_vec(), &APP_FOLLOW_WIDTHS)
+            );
+        }
+        client.get_lines(&path, |line| {
+            if line.is_empty() {
+                return Ok(());
+            }
+            let value: serde_json::Value = serde_json::from_slice(line)
+                .context("the admin API sent a line that is not JSON; is the host the same version?")?;
+            if let Some(n) = value.get("lagged") {
+                eprintln!("({n} records skipped: this terminal fell behind; see them without --follow)");
+                return Ok(());
+            }
+            let record: LogRecord = serde_json::from_value(value)
+                .context("the admin API sent a record this atoll does not understand; is the host the same version?")?;
+            if self.json {
+                println!("{}", serde_json::to_string(&record)?);
+            } else {
+                println!("{}", fixed_line(app_cells(&record), &APP_FOLLOW_WIDTHS));
+            }
+            Ok(())
+        })?;
+        eprintln!("the host stopped");
+        Ok(())
+    }
+
     /// Refuses bad flags before asking the host, naming the flag.
     fn check(&self) -> anyhow::Result<()> {
+        let given = |flag: &'static str, set: bool| set.then_some(flag);
+        if self.app {
+            let calls_only = [
+                given("--route", self.route.is_some()),
+                given("--status", self.status.is_some()),
+                given("--until", self.until.is_some()),
+            ];
+            if let Some(flag) = calls_only.into_iter().flatten().next() {
+                bail!(
+                    "{flag} applies to the call log, not to --app log records; leave out one or the other"
+                );
+            }
+        } else {
+            let app_only = [
+                given("--source", self.source.is_some()),
+                given("--level", self.level.is_some()),
+                given("--trace", self.trace.is_some()),
+            ];
+            if let Some(flag) = app_only.into_iter().flatten().next() {
+                bail!(
+                    "{flag} applies to log records: add --app (without it, atoll logs shows the call log)"
+                );
+            }
+        }
+        if let Some(s) = &self.source {
+            s.parse::<Source>()
+                .map_err(|e| anyhow::anyhow!("--source: {e}"))?;
+        }
+        if let Some(l) = &self.level {
+            l.parse::<Level>()
+                .map_err(|e| anyhow::anyhow!("--level: {e}"))?;
+        }
+        if let Some(t) = &self.trace {
+            t.parse::<TraceId>()
+                .map_err(|e| anyhow::anyhow!("--trace: {e}"))?;
+        }
         if !(1..=MAX_LIMIT).contains(&self.limit) {
             bail!(
                 "--limit {} is not valid; give a number from 1 to {MAX_LIMIT}",
@@ -196,10 +345,46 @@ fn latency(us: u64) -> String {
     }
 }
 
-/// A row with [`FOLLOW_WIDTHS`]; a longer cell pushes the rest right.
-fn fixed_line(cells: Vec<String>) -> String {
+/// A log record's cells.
+fn app_cells(r: &LogRecord) -> Vec<String> {
+    let time = humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(r.time_ms));
+    let who = match (r.component.is_empty(), r.version.is_empty()) {
+        (true, _) => "-".to_string(),
+        (false, true) => r.component.to_string(),
+        (false, false) => format!("{}@{}", r.component, r.version),
+    };
+    let mut message = one_line(&r.message);
+    if r.truncated > 0 {
+        message.push_str(&format!(" [{} more bytes cut]", r.truncated));
+    }
+    vec![
+        time.to_string(),
+        r.level.to_string(),
+        who,
+        r.source.to_string(),
+        r.trace_id.map_or_else(|| "-".into(), |t| t.to_string()),
+        message,
+    ]
+}
+
+/// `s` with control characters escaped (`\\n`, `\\t`, `\\u{1b}`), so one
+/// record prints as one line.
+fn one_line(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A row with fixed widths; a longer cell pushes the rest right.
+fn fixed_line(cells: Vec<String>, widths: &[usize]) -> String {
     let mut line = String::new();
-    for (cell, w) in cells.iter().zip(FOLLOW_WIDTHS) {
+    for (cell, &w) in cells.iter().zip(widths) {
         line.push_str(&format!("{cell:<w$}  "));
     }
     line.trim_end().to_string()
@@ -225,6 +410,33 @@ mod tests {
             complete: true,
             ..CallRecord::default()
         }
+    }
+
+    #[test]
+    fn records_show_every_column() {
+        let component: std::sync::Arc<str> = "orders".into();
+        let mut out = LogRecord::new(Level::Info, Source::Stdout, "line\twith\ncontrols\u{1b}")
+            .from(&component, &"1.2.0".into())
+            .in_trace(Some(TraceId(0x0af7651916cd43dd8448eb211c80319c)));
+        out.time_ms = 1_767_366_245_123;
+        let mut host = LogRecord::new(Level::Warn, Source::Host, "admin request refused");
+        host.time_ms = out.time_ms;
+        let mut cut = out.clone();
+        cut.level = Level::Critical;
+        cut.source = Source::Log;
+        cut.message = "xx".into();
+        cut.truncated = 1_040_384;
+        let text = table(
+            &APP_HEADER,
+            [out, host, cut].iter().map(app_cells).collect(),
+        );
+        let expected = "\
+TIME                      LEVEL     COMPONENT@VERSION  SOURCE  TRACE                             MESSAGE
+2026-01-02T15:04:05.123Z  info      orders@1.2.0       stdout  0af7651916cd43dd8448eb211c80319c  line\\twith\\ncontrols\\u{1b}
+2026-01-02T15:04:05.123Z  warn      -                  host    -                                 admin request refused
+2026-01-02T15:04:05.123Z  critical  orders@1.2.0       log     0af7651916cd43dd8448eb211c80319c  xx [1040384 more bytes cut]
+";
+        assert_eq!(text, expected);
     }
 
     #[test]
@@ -257,7 +469,7 @@ TIME                      CLIENT     METHOD  PATH    STATUS  SERVED-BY          
 ";
         assert_eq!(out, expected);
         assert_eq!(
-            fixed_line(cells(&row())),
+            fixed_line(cells(&row()), &FOLLOW_WIDTHS),
             "2026-01-02T15:04:05.123Z  127.0.0.1        GET     /hello                    200     hello@1.0.0           1.2ms     0/12          -             0af7651916cd43dd8448eb211c80319c  -"
         );
     }

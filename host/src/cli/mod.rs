@@ -46,7 +46,11 @@ enum Command {
 /// the error chain on failure.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    crate::telemetry::init(cli.log_format);
+    // `atoll up` sets up logging itself, once its manifest says whether
+    // traces are exported.
+    if !matches!(cli.command, Command::Up(_)) {
+        crate::telemetry::init(cli.log_format);
+    }
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -62,7 +66,7 @@ pub fn main() -> std::process::ExitCode {
 /// Runs a parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Up(c) => c.execute(),
+        Command::Up(c) => c.execute(cli.log_format),
         Command::Build(c) => c.execute(),
         Command::Check(c) => c.execute(),
         Command::Ps(c) => c.execute(),

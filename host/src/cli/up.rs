@@ -30,8 +30,16 @@ pub struct Up {
 }
 
 impl Up {
-    pub fn execute(self) -> anyhow::Result<()> {
+    pub fn execute(self, log_format: crate::telemetry::LogFormat) -> anyhow::Result<()> {
         let mut manifest = Manifest::load(&self.manifest)?;
+        // Trace export: `[telemetry]`, with the OTEL_* environment filling in.
+        let export = manifest
+            .telemetry
+            .resolve(|var| std::env::var(var).ok())
+            .map_err(|m| anyhow::anyhow!("trace export: {m}"))?;
+        let runtime = super::runtime()?;
+        let exporter =
+            crate::telemetry::init_with_export(log_format, export.as_ref(), runtime.handle())?;
         if let Some(l) = self.listen {
             manifest.host.listen = l;
         }
@@ -41,7 +49,7 @@ impl Up {
         if let Some(d) = self.data_dir {
             manifest.host.data_dir = d;
         }
-        super::runtime()?.block_on(async move {
+        runtime.block_on(async move {
             let routes: Vec<String> = manifest.edge.routes.iter().map(route_line).collect();
             let data_dir = manifest.host.data_dir.clone();
             let topics: Vec<String> = manifest
@@ -72,12 +80,20 @@ impl Up {
                 ),
             };
             println!("atoll admin on http://{} ({token})", host.admin_addr());
+            if let Some(e) = &exporter {
+                println!("atoll traces to {}", e.describe());
+            }
             for r in routes.iter().chain(&topics) {
                 println!("{r}");
             }
             wait_for_signal().await?;
             tracing::info!("signal received: finishing in-flight requests");
-            host.shutdown().await
+            let stopped = host.shutdown().await;
+            // The spans of the last requests are queued: send them.
+            if let Some(e) = exporter {
+                e.shutdown().await;
+            }
+            stopped
         })
     }
 }

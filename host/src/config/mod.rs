@@ -5,6 +5,7 @@
 //! the line and the key, so an operator can fix it without guessing.
 
 mod edge;
+mod telemetry;
 mod units;
 
 use std::collections::BTreeMap;
@@ -21,6 +22,7 @@ pub use edge::{
     HealthCheckSpec, KeySource, OutlierSpec, RateKey, RateLimitSpec, RouteSpec, RouteTarget,
     StaticSpec, Strategy, TlsSpec, UpstreamSpec,
 };
+pub use telemetry::{OTEL_ENV, OtlpExport, OtlpProtocol, TelemetrySpec};
 pub use units::{ByteSize, parse_duration, parse_size};
 
 /// Default listen address of the gateway.
@@ -44,6 +46,8 @@ pub struct Manifest {
     /// The edge gateway: limits, TLS, call log, auth providers, upstreams,
     /// and every route with its target and policy.
     pub edge: Edge,
+    /// `[telemetry]`: OTLP trace export.
+    pub telemetry: TelemetrySpec,
 }
 
 /// `[topics.NAME]`: a bus topic. Only declared topics exist.
@@ -339,6 +343,8 @@ struct RawManifest {
     upstreams: BTreeMap<Spanned<String>, edge::RawUpstream>,
     #[serde(default)]
     routes: BTreeMap<Spanned<String>, edge::RawRoute>,
+    #[serde(default)]
+    telemetry: telemetry::RawTelemetry,
 }
 
 #[derive(Deserialize, Default)]
@@ -566,6 +572,7 @@ impl Manifest {
                 }
             },
         };
+        let telemetry = telemetry::parse(raw.telemetry, &src)?;
         let declared: std::collections::BTreeSet<String> =
             raw.components.keys().map(|k| k.get_ref().clone()).collect();
 
@@ -876,6 +883,7 @@ impl Manifest {
             components,
             topics,
             edge,
+            telemetry,
         })
     }
 }

@@ -215,12 +215,27 @@ where
 
     let runtime = rt.clone();
     let name = rt.name.clone();
+    let span = tracing::debug_span!(
+        "component.invoke",
+        component = %rt.name,
+        version = %rt.version,
+        instantiate_us = tracing::field::Empty,
+        "otel.status_code" = tracing::field::Empty,
+    );
+    let traced = span.clone();
+    if !traced.is_disabled() {
+        store.data_mut().trace_version(&rt.grants);
+    }
     let invocation = async move {
             let _permit = permit;
             let rt = runtime;
             let _in_flight = rt.stats.enter();
             let run = async {
+                let began = (!traced.is_disabled()).then(Instant::now);
                 let instance = rt.pre.instantiate_async(&mut store).await?;
+                if let Some(began) = began {
+                    traced.record("instantiate_us", began.elapsed().as_micros() as u64);
+                }
                 let proxy = rt
                     .http
                     .as_ref()
@@ -238,6 +253,9 @@ where
                 Ok(r) => r,
                 Err(_) => Err(wasmtime::Error::new(DeadlineExceeded)),
             };
+            if result.is_err() {
+                traced.record("otel.status_code", "error");
+            }
             // Messages it published are stored only if it ended well.
             let staged = store.data_mut().bus_mut().take_staged();
             let bus = store.data_mut().bus_mut().bus().cloned();
@@ -262,7 +280,7 @@ where
             drop(store);
             Outcome { result, durable }
         }
-        .instrument(tracing::debug_span!("component.invoke", component = %rt.name));
+        .instrument(span);
 
     // Fast path: poll the invocation once, right here. Most guests set
     // their response, write it and return within that one poll, and then
@@ -383,7 +401,7 @@ fn failure_response(rt: &ComponentRuntime, outcome: Outcome) -> Response<Gateway
                 Some(trap) => trap.to_string(),
                 None => e.root_cause().to_string(),
             };
-            rt.stats.limit(Limit::Trap);
+            rt.stats.trapped(&e);
             tracing::warn!(component = %rt.name, error = ?e, "invocation failed");
             text_response(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -41,6 +41,7 @@ use super::{BoxError, GatewayBody, text_response};
 use crate::config::{Edge, GatewaySettings, RouteSpec, RouteTarget};
 use crate::kv::KvBackend;
 use crate::registry::{ComponentRuntime, Registry, RouteTable, Service};
+use crate::telemetry::otlp;
 
 /// Why the gateway answered a request itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -332,25 +333,40 @@ impl Gateway {
         peer: SocketAddr,
     ) -> Response<GatewayBody> {
         let started = Instant::now();
-        let trace = TraceContext::of(req.headers());
+        let mut trace = TraceContext::of(req.headers());
         let head_only = req.method() == http::Method::HEAD;
-        if trace.generated {
-            // Components and the messages they publish carry the new trace.
-            req.headers_mut()
-                .insert("traceparent", trace.header(trace.parent_id));
-        }
         auth::strip_claim_headers(req.headers_mut());
         let span = tracing::debug_span!(
             "gateway.request",
+            "otel.kind" = "server",
             method = %req.method(),
             path = %req.uri().path(),
             %peer,
-            trace_id = %trace.trace_id_hex(),
+            trace_id = tracing::field::Empty,
             route = tracing::field::Empty,
             component = tracing::field::Empty,
             version = tracing::field::Empty,
             status = tracing::field::Empty,
+            "otel.status_code" = tracing::field::Empty,
         );
+        let client = (!trace.generated).then_some((trace.trace_id, trace.parent_id, trace.sampled));
+        if let Some((trace_id, span_id, sampled)) = otlp::continue_trace(&span, client) {
+            // Exported: the response and everything downstream (component,
+            // calls, messages, upstreams) carry this span's ids.
+            trace.trace_id = trace_id;
+            trace.span_id = span_id;
+            trace.sampled = sampled;
+            req.headers_mut()
+                .insert("traceparent", trace.header(trace.span_id));
+        } else if trace.generated {
+            // Components and the messages they publish carry the new trace.
+            req.headers_mut()
+                .insert("traceparent", trace.header(trace.parent_id));
+        }
+        // For the log lines (an exported span has its trace id already).
+        if !span.is_disabled() && !otlp::exporting() {
+            span.record("trace_id", tracing::field::display(trace.trace_id_hex()));
+        }
         let row = self.calls.as_ref().map(|_| CallRecord {
             time_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -368,6 +384,9 @@ impl Gateway {
             .instrument(span.clone())
             .await;
         span.record("status", res.status().as_u16());
+        if res.status().is_server_error() {
+            span.record("otel.status_code", "error");
+        }
         if let Some(c) = &exchange.component {
             span.record("component", &*c.name);
             span.record("version", tracing::field::display(&c.version));
@@ -431,7 +450,11 @@ impl Gateway {
             return text_response(StatusCode::NOT_FOUND, format!("atoll: no route for {path}"));
         };
         exchange.route = Some(route.pattern.clone());
-        tracing::Span::current().record("route", &*route.pattern);
+        let current = tracing::Span::current();
+        current.record("route", &*route.pattern);
+        if otlp::exporting() {
+            otlp::stage(&current, "gateway.route", &route.pattern);
+        }
         let reject = |exchange: &mut Exchange, reason: Reason, res| {
             route.rejections.add(reason);
             exchange.rejected = Some(reason);
@@ -440,25 +463,39 @@ impl Gateway {
 
         let mut req = req;
         if let Some(verifier) = &route.verifier {
-            let claims = match verifier.verify(req.headers()).await {
+            let stage = tracing::debug_span!("gateway.auth", outcome = tracing::field::Empty);
+            let claims = match verifier
+                .verify(req.headers())
+                .instrument(stage.clone())
+                .await
+            {
                 Ok(claims) => claims,
-                Err(res) => return reject(exchange, Reason::Unauthorized, res),
+                Err(res) => {
+                    stage.record("outcome", "unauthorized");
+                    return reject(exchange, Reason::Unauthorized, res);
+                }
             };
             exchange.subject = Some(claims.subject.clone());
             if let Err(res) = auth::authorize(&claims, &route.spec.scopes, &route.spec.roles) {
+                stage.record("outcome", "forbidden");
                 return reject(exchange, Reason::Forbidden, res);
             }
+            stage.record("outcome", "ok");
             auth::add_claim_headers(req.headers_mut(), &claims);
         }
         if let Some(limiter) = &route.limiter {
+            let stage = tracing::debug_span!("gateway.rate_limit", outcome = tracing::field::Empty);
+            let _stage = stage.enter();
             let key = limiter.key(peer.ip(), exchange.subject.as_deref(), req.headers());
             if let Err(wait) = limiter.check(&key) {
+                stage.record("outcome", "limited");
                 return reject(
                     exchange,
                     Reason::RateLimited,
                     ratelimit::too_many_requests(wait, &route.pattern),
                 );
             }
+            stage.record("outcome", "ok");
         }
         let max_body = self.settings.max_body;
         if dispatch::content_length(req.headers()).is_some_and(|n| n > max_body) {

@@ -28,6 +28,8 @@ pub struct KvState {
     max_read: usize,
     dirty: bool,
     touched: bool,
+    /// The version, named on the `kv.*` spans when they are exported.
+    pub version: Option<Arc<str>>,
 }
 
 impl KvState {
@@ -45,6 +47,7 @@ impl KvState {
             max_read,
             dirty: false,
             touched: false,
+            version: None,
         }
     }
 
@@ -151,7 +154,7 @@ impl store::Host for KvView<'_> {
 
 impl store::HostBucket for KvView<'_> {
     fn get(&mut self, bucket: Resource<Bucket>, key: String) -> Result<Option<Vec<u8>>, KvError> {
-        let _s = tracing::debug_span!("kv.get", component = %self.state.component).entered();
+        let _s = tracing::debug_span!("kv.get", component = %self.state.component, version = self.state.version.as_deref().unwrap_or("")).entered();
         let key = self.key(&bucket, &key)?;
         self.state.namespace.get(&key)
     }
@@ -162,7 +165,7 @@ impl store::HostBucket for KvView<'_> {
         key: String,
         value: Vec<u8>,
     ) -> Result<(), KvError> {
-        let _s = tracing::debug_span!("kv.set", component = %self.state.component).entered();
+        let _s = tracing::debug_span!("kv.set", component = %self.state.component, version = self.state.version.as_deref().unwrap_or("")).entered();
         self.check_value(&value)?;
         let key = self.key(&bucket, &key)?;
         self.state.dirty = true;
@@ -170,14 +173,14 @@ impl store::HostBucket for KvView<'_> {
     }
 
     fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> Result<(), KvError> {
-        let _s = tracing::debug_span!("kv.delete", component = %self.state.component).entered();
+        let _s = tracing::debug_span!("kv.delete", component = %self.state.component, version = self.state.version.as_deref().unwrap_or("")).entered();
         let key = self.key(&bucket, &key)?;
         self.state.dirty = true;
         self.state.namespace.delete(&key)
     }
 
     fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> Result<bool, KvError> {
-        let _s = tracing::debug_span!("kv.exists", component = %self.state.component).entered();
+        let _s = tracing::debug_span!("kv.exists", component = %self.state.component, version = self.state.version.as_deref().unwrap_or("")).entered();
         let key = self.key(&bucket, &key)?;
         self.state.namespace.contains(&key)
     }
@@ -187,7 +190,7 @@ impl store::HostBucket for KvView<'_> {
         bucket: Resource<Bucket>,
         cursor: Option<u64>,
     ) -> Result<store::KeyResponse, KvError> {
-        let _s = tracing::debug_span!("kv.list_keys", component = %self.state.component).entered();
+        let _s = tracing::debug_span!("kv.list_keys", component = %self.state.component, version = self.state.version.as_deref().unwrap_or("")).entered();
         let namespace = self.state.namespace.clone();
         let b = self.bucket(&bucket)?;
         let after = match cursor {
@@ -233,7 +236,7 @@ impl atomics::Host for KvView<'_> {
         key: String,
         delta: u64,
     ) -> Result<u64, KvError> {
-        let _s = tracing::debug_span!("kv.increment", component = %self.state.component).entered();
+        let _s = tracing::debug_span!("kv.increment", component = %self.state.component, version = self.state.version.as_deref().unwrap_or("")).entered();
         let encoded = self.key(&bucket, &key)?;
         self.state.dirty = true;
         let mut result = 0;
@@ -262,7 +265,7 @@ impl batch::Host for KvView<'_> {
         bucket: Resource<Bucket>,
         keys: Vec<String>,
     ) -> Result<Vec<Option<(String, Vec<u8>)>>, KvError> {
-        let _s = tracing::debug_span!("kv.get_many", component = %self.state.component).entered();
+        let _s = tracing::debug_span!("kv.get_many", component = %self.state.component, version = self.state.version.as_deref().unwrap_or("")).entered();
         Self::check_batch(keys.len())?;
         let prefix = self.prefix(&bucket)?;
         // The result is built in host memory before the guest sees it: bound
@@ -288,7 +291,7 @@ impl batch::Host for KvView<'_> {
         bucket: Resource<Bucket>,
         key_values: Vec<(String, Vec<u8>)>,
     ) -> Result<(), KvError> {
-        let _s = tracing::debug_span!("kv.set_many", component = %self.state.component).entered();
+        let _s = tracing::debug_span!("kv.set_many", component = %self.state.component, version = self.state.version.as_deref().unwrap_or("")).entered();
         Self::check_batch(key_values.len())?;
         let prefix = self.prefix(&bucket)?;
         let mut sets = Vec::with_capacity(key_values.len());
@@ -302,7 +305,7 @@ impl batch::Host for KvView<'_> {
 
     fn delete_many(&mut self, bucket: Resource<Bucket>, keys: Vec<String>) -> Result<(), KvError> {
         let _s =
-            tracing::debug_span!("kv.delete_many", component = %self.state.component).entered();
+            tracing::debug_span!("kv.delete_many", component = %self.state.component, version = self.state.version.as_deref().unwrap_or("")).entered();
         Self::check_batch(keys.len())?;
         let prefix = self.prefix(&bucket)?;
         let deletes = keys

@@ -258,6 +258,7 @@ impl Registry {
             .collect();
         let grants = Grants {
             component: Arc::from(spec.name.as_str()),
+            version: Arc::from(""),
             namespace: self.kv.namespace(&spec.name)?,
             config: Arc::new(config),
             outbound: Arc::new(
@@ -546,6 +547,7 @@ impl Registry {
             .filter(|(_, item)| matches!(item.ty, ComponentItem::ComponentInstance(_)))
             .map(|(name, _)| name.to_string())
             .collect();
+        let grants = service.grants.for_version(&version);
         let runtime = Arc::new(ComponentRuntime {
             name: service.grants.component.clone(),
             version,
@@ -554,7 +556,7 @@ impl Registry {
             pre,
             http,
             handler,
-            grants: service.grants.clone(),
+            grants,
             limits: spec.limits.clone(),
             concurrency: service.concurrency.clone(),
             exports: loaded.exports,

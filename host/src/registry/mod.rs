@@ -164,6 +164,21 @@ impl Service {
         self.deployment.store(Arc::new(deployment));
     }
 
+    /// The running versions with their role (`active`, `canary`) and
+    /// their share of picks in percent, as `/metrics` labels them.
+    pub fn running(&self) -> Vec<(Arc<ComponentRuntime>, &'static str, u8)> {
+        let d = self.deployment();
+        let mut out = Vec::new();
+        if let Some(a) = &d.active {
+            let share = 100 - d.canary.as_ref().map_or(0, |c| c.percent);
+            out.push((a.clone(), "active", share));
+        }
+        if let Some(c) = &d.canary {
+            out.push((c.runtime.clone(), "canary", c.percent));
+        }
+        out
+    }
+
     /// Component name.
     pub fn name(&self) -> &str {
         &self.spec.name

@@ -103,6 +103,9 @@ pub struct VersionStats {
     latency: Histogram,
     /// Refusals and stops by [`Limit`].
     limits: [AtomicU64; 4],
+    /// Traps by kind (wasmtime's trap code, or `host` for an error from a
+    /// host call). Touched only when something traps.
+    traps: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 #[derive(Default)]
@@ -157,6 +160,7 @@ impl Default for VersionStats {
             statuses: Default::default(),
             latency: Histogram::default(),
             limits: Default::default(),
+            traps: Default::default(),
         }
     }
 }
@@ -206,6 +210,31 @@ impl VersionStats {
     /// Counts a limit reached.
     pub fn limit(&self, limit: Limit) {
         self.limits[limit as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a trap (also as [`Limit::Trap`]), by its kind.
+    pub fn trapped(&self, error: &wasmtime::Error) {
+        self.limit(Limit::Trap);
+        let kind = match error.downcast_ref::<wasmtime::Trap>() {
+            Some(trap) => format!("{trap:?}"),
+            None => "host".to_string(),
+        };
+        *self
+            .traps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(kind)
+            .or_default() += 1;
+    }
+
+    /// Traps so far, by kind.
+    pub fn traps(&self) -> Vec<(String, u64)> {
+        self.traps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
     }
 
     /// Times a limit was reached.

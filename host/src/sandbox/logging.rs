@@ -1,10 +1,12 @@
-//! `wasi:logging`: guest log records become host `tracing` events tagged with
-//! the component.
+//! `wasi:logging`: guest log records go to the log hub
+//! ([`crate::telemetry::logs`]) and become host `tracing` events, tagged
+//! with the component, version and trace id of the invocation.
 
 use wasmtime::component::{HasData, Linker};
 
 use super::InstanceState;
 use crate::bindings::wasi::logging::logging::{self, Level};
+use crate::telemetry::logs::{self, Source};
 
 struct HasLogging;
 
@@ -17,34 +19,39 @@ pub(super) fn add_to_linker(linker: &mut Linker<InstanceState>) -> anyhow::Resul
     Ok(())
 }
 
-/// Longest message kept from one record; the rest is cut.
-const MAX_MESSAGE: usize = 16 * 1024;
-
 impl logging::Host for &mut InstanceState {
     fn log(&mut self, level: Level, context: String, message: String) -> wasmtime::Result<()> {
-        let component = &*self.component;
-        let message = truncate(&message, MAX_MESSAGE);
-        let context = truncate(&context, 256);
-        match level {
-            Level::Trace => tracing::trace!(target: "guest", component, context, "{message}"),
-            Level::Debug => tracing::debug!(target: "guest", component, context, "{message}"),
-            Level::Info => tracing::info!(target: "guest", component, context, "{message}"),
-            Level::Warn => tracing::warn!(target: "guest", component, context, "{message}"),
-            Level::Error | Level::Critical => {
-                tracing::error!(target: "guest", component, context, "{message}")
-            }
+        let level = match level {
+            Level::Trace => logs::Level::Trace,
+            Level::Debug => logs::Level::Debug,
+            Level::Info => logs::Level::Info,
+            Level::Warn => logs::Level::Warn,
+            Level::Error => logs::Level::Error,
+            Level::Critical => logs::Level::Critical,
+        };
+        let origin = self.log_origin();
+        let record = origin
+            .record(level, Source::Log, &message)
+            .with_context(&context);
+        let component = &*origin.component;
+        let version = &*origin.version;
+        let context = record.context.as_deref().unwrap_or_default();
+        let message = &*record.message;
+        let trace_id = record.trace_id.map(tracing::field::display);
+        let truncated = (record.truncated > 0).then_some(record.truncated);
+        macro_rules! event {
+            ($level:expr) => {
+                tracing::event!(target: "guest", $level, component, version, context, trace_id, truncated, "{message}")
+            };
         }
+        match level {
+            logs::Level::Trace => event!(tracing::Level::TRACE),
+            logs::Level::Debug => event!(tracing::Level::DEBUG),
+            logs::Level::Info => event!(tracing::Level::INFO),
+            logs::Level::Warn => event!(tracing::Level::WARN),
+            logs::Level::Error | logs::Level::Critical => event!(tracing::Level::ERROR),
+        }
+        logs::hub().push(record);
         Ok(())
     }
-}
-
-pub(super) fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }

@@ -35,6 +35,8 @@ pub struct InstanceState {
     bus: BusState,
     config: Arc<WasiConfigVariables>,
     component: Arc<str>,
+    /// Whose log records it makes (component, version, trace).
+    origin: Arc<crate::telemetry::logs::Origin>,
     /// When this invocation must end: calls it makes inherit what is left.
     deadline: Instant,
     /// How many component-to-component calls deep this invocation is (0 for
@@ -50,6 +52,9 @@ pub struct InstanceState {
 pub struct Grants {
     /// Component name (for logs and kv errors).
     pub component: Arc<str>,
+    /// The version (for logs); empty in a component's template, set on each
+    /// version's copy ([`Grants::for_version`]).
+    pub version: Arc<str>,
     /// Its key-value namespace.
     pub namespace: Arc<dyn Namespace>,
     /// Its config values and secrets.
@@ -62,6 +67,16 @@ pub struct Grants {
     pub kv_value_size: usize,
     /// Its bus rights (`None` when the host runs without a bus).
     pub bus: Option<Arc<BusGrant>>,
+}
+
+impl Grants {
+    /// A copy for one version of the component.
+    pub fn for_version(&self, version: &semver::Version) -> Grants {
+        Grants {
+            version: Arc::from(version.to_string()),
+            ..self.clone()
+        }
+    }
 }
 
 /// Most resources (handles: buckets, streams, fields, ...) one instance may hold.
@@ -121,15 +136,27 @@ impl InstanceState {
     pub fn component(&self) -> &Arc<str> {
         &self.component
     }
+
+    /// Names the version on this invocation's spans (`kv.*`, `bus.publish`,
+    /// `http.outbound`); called only when they are recorded.
+    pub fn trace_version(&mut self, grants: &Grants) {
+        self.kv.version = Some(grants.version.clone());
+        self.bus.version = Some(grants.version.clone());
+        self.hooks.version = Some(grants.version.clone());
+    }
 }
 
 /// A fresh store for one invocation, interrupted once `deadline` passes.
 pub fn new_store(engine: &Engine, grants: &Grants, deadline: Instant) -> Store<InstanceState> {
     let mut wasi = WasiCtxBuilder::new();
+    let origin = Arc::new(crate::telemetry::logs::Origin::new(
+        grants.component.clone(),
+        grants.version.clone(),
+    ));
     // Nothing is granted: the builder's defaults are no env, no args, no
     // preopens, closed stdin, and a socket check that denies every address.
-    wasi.stdout(GuestOutput::stdout(grants.component.clone()))
-        .stderr(GuestOutput::stderr(grants.component.clone()))
+    wasi.stdout(GuestOutput::stdout(origin.clone()))
+        .stderr(GuestOutput::stderr(origin.clone()))
         .allow_ip_name_lookup(false)
         .allow_tcp(false)
         .allow_udp(false);
@@ -138,6 +165,7 @@ pub fn new_store(engine: &Engine, grants: &Grants, deadline: Instant) -> Store<I
         http: WasiHttpCtx::new(),
         hooks: Hooks {
             component: grants.component.clone(),
+            version: None,
             outbound: grants.outbound.clone(),
         },
         table: {
@@ -162,6 +190,7 @@ pub fn new_store(engine: &Engine, grants: &Grants, deadline: Instant) -> Store<I
         bus: BusState::new(grants.bus.clone(), grants.component.clone(), grants.memory),
         config: grants.config.clone(),
         component: grants.component.clone(),
+        origin,
         deadline,
         depth: 0,
         nested_kv: (false, false),
@@ -210,6 +239,8 @@ pub fn linker(engine: &Engine) -> anyhow::Result<Linker<InstanceState>> {
 
 impl WasiView for InstanceState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
+        // Guest output is written through WASI calls: its records get the trace.
+        self.log_origin();
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
@@ -227,9 +258,11 @@ impl WasiHttpView for InstanceState {
     }
 }
 
-/// wasi-http hooks: the outbound policy.
+/// wasi-http hooks: the outbound policy, and the `http.outbound` span.
 struct Hooks {
     component: Arc<str>,
+    /// Set when spans are exported ([`InstanceState::trace_version`]).
+    version: Option<Arc<str>>,
     outbound: Arc<OutboundPolicy>,
 }
 
@@ -245,7 +278,7 @@ type BoxedSend = Box<
 impl WasiHttpHooks for Hooks {
     fn send_request(
         &mut self,
-        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        mut request: http::Request<wasmtime_wasi_http::WasiBody>,
         options: Option<wasmtime_wasi_http::RequestOptions>,
         _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
     ) -> BoxedSend {
@@ -254,13 +287,47 @@ impl WasiHttpHooks for Hooks {
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
         tracing::debug!(component = %self.component, uri = %request.uri(), "outbound request");
-        Box::new(async move {
-            use http_body_util::BodyExt;
-            let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((
-                res.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = _> + Send>,
-            ))
-        })
+        // The span names the destination, never the path or query (they may
+        // carry tokens); the request carries the span's trace context.
+        let span = tracing::debug_span!(
+            "http.outbound",
+            "otel.kind" = "client",
+            component = %self.component,
+            version = self.version.as_deref().unwrap_or(""),
+            method = %request.method(),
+            host = request.uri().host().unwrap_or(""),
+            port = request.uri().port_u16(),
+            status = tracing::field::Empty,
+            "otel.status_code" = tracing::field::Empty,
+        );
+        if let Some(tp) = crate::telemetry::otlp::traceparent_of(&span)
+            && let Ok(value) = http::HeaderValue::try_from(tp)
+        {
+            request.headers_mut().insert("traceparent", value);
+        }
+        let traced = span.clone();
+        Box::new(tracing::Instrument::instrument(
+            async move {
+                use http_body_util::BodyExt;
+                let sent = wasmtime_wasi_http::default_send_request(request, options).await;
+                match &sent {
+                    Ok((res, _)) => {
+                        traced.record("status", res.status().as_u16());
+                        if res.status().is_server_error() {
+                            traced.record("otel.status_code", "error");
+                        }
+                    }
+                    Err(_) => {
+                        traced.record("otel.status_code", "error");
+                    }
+                }
+                let (res, io) = sent?;
+                Ok((
+                    res.map(BodyExt::boxed_unsync),
+                    Box::new(io) as Box<dyn Future<Output = _> + Send>,
+                ))
+            },
+            span,
+        ))
     }
 }

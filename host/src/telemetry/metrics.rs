@@ -55,18 +55,7 @@ fn escape(v: &str) -> String {
 
 /// The running versions with their role (`active`, `canary`).
 fn versions(registry: &Registry) -> Vec<(std::sync::Arc<ComponentRuntime>, &'static str, u8)> {
-    let mut out = Vec::new();
-    for service in registry.services() {
-        let d = service.deployment();
-        if let Some(a) = &d.active {
-            let share = 100 - d.canary.as_ref().map_or(0, |c| c.percent);
-            out.push((a.clone(), "active", share));
-        }
-        if let Some(c) = &d.canary {
-            out.push((c.runtime.clone(), "canary", c.percent));
-        }
-    }
-    out
+    registry.services().flat_map(|s| s.running()).collect()
 }
 
 /// Renders every metric.
@@ -180,6 +169,20 @@ pub fn render(registry: &Registry, bus: &Bus, gateway: Option<&Gateway>) -> Stri
                 &borrow(&l),
                 rt.stats.limits(limit) as f64,
             );
+        }
+    }
+    let name = "atoll_traps_total";
+    let mut f = family(
+        &mut out,
+        name,
+        "counter",
+        "Traps of a version by kind (wasmtime's trap code, or `host` for a failed host call).",
+    );
+    for (rt, role, _) in &versions {
+        for (kind, n) in rt.stats.traps() {
+            let mut l = labels(rt, role);
+            l.push(("kind", kind));
+            f.sample(name, &borrow(&l), n as f64);
         }
     }
     let name = "atoll_invocation_duration_seconds";
@@ -382,6 +385,23 @@ pub fn render(registry: &Registry, bus: &Bus, gateway: Option<&Gateway>) -> Stri
             }
         }
     }
+    let hub = crate::telemetry::logs::hub();
+    let name = "atoll_log_records";
+    let mut f = family(
+        &mut out,
+        name,
+        "gauge",
+        "Guest and host log records held for `atoll logs --app` (the newest are kept).",
+    );
+    f.sample(name, &[], hub.len() as f64);
+    let name = "atoll_log_records_evicted_total";
+    let mut f = family(
+        &mut out,
+        name,
+        "counter",
+        "Log records pushed out of the in-memory ring by newer ones.",
+    );
+    f.sample(name, &[], hub.evicted() as f64);
     if let Some(kv) = registry.kv().stats() {
         render_kv(&mut out, kv);
     }

@@ -1,0 +1,251 @@
+//! The cost of OTLP trace export: `GET /hello` through `atoll up` child
+//! processes (the export pipeline is process-wide, so each configuration is
+//! its own host) in the same run, alternating rounds:
+//!
+//! - export off (no `[telemetry]` endpoint): the OpenTelemetry layer is not
+//!   installed; twice, as two hosts, so the table shows the noise floor;
+//! - export on with `sample_ratio = 0`: the layer is present and every span
+//!   is created, but none is recorded or sent;
+//! - export on with `sample_ratio = 0.1`: one trace in ten is sent;
+//! - export on (`sample_ratio = 1`) over http/protobuf to a receiver in this
+//!   process that reads and discards each batch.
+//!
+//! The call log is off in all of them, so the route is as lean as it gets
+//! and the cost is a share of the least the host does per request.
+//!
+//! `cargo bench -p atoll-tests --bench tracing`; lengthen with
+//! `ATOLL_BENCH_SECS` (seconds per round, default 3), `ATOLL_BENCH_ROUNDS`
+//! (default 5), `ATOLL_BENCH_CONNS` (default 32).
+
+mod common;
+
+use std::convert::Infallible;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use atoll_tests::{ChildHost, manifest_file};
+use bytes::Bytes;
+use common::{Load, LoadResult, fmt_ns, fmt_rate, print_table, run_load};
+use http::StatusCode;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+const HELLO: &str = r#"
+[components.hello]
+source = "{hello}"
+routes = ["/hello"]
+
+[gateway.call_log]
+enabled = false
+"#;
+
+/// The issue's goals: export on costs under 10% of throughput, off under 2%.
+const GOAL_ON: f64 = 0.10;
+const GOAL_OFF: f64 = 0.02;
+
+/// What the receiver took in.
+#[derive(Default)]
+struct Sink {
+    requests: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// An OTLP/HTTP receiver: accepts `POST /v1/traces`, reads the body, answers
+/// an empty `ExportTraceServiceResponse` (zero bytes of protobuf).
+fn receiver(rt: &tokio::runtime::Runtime, sink: Arc<Sink>) -> anyhow::Result<String> {
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let addr = listener.local_addr()?;
+    rt.spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: http::Request<_>| {
+                    let sink = sink.clone();
+                    async move {
+                        let body = BodyExt::collect(req.into_body())
+                            .await
+                            .map(|b| b.to_bytes().len())
+                            .unwrap_or(0);
+                        sink.requests.fetch_add(1, Ordering::Relaxed);
+                        sink.bytes.fetch_add(body as u64, Ordering::Relaxed);
+                        let mut res = http::Response::new(Full::new(Bytes::new()));
+                        res.headers_mut()
+                            .insert("content-type", "application/x-protobuf".parse().unwrap());
+                        Ok::<_, Infallible>(res)
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(format!("http://{addr}"))
+}
+
+fn main() -> anyhow::Result<()> {
+    common::print_machine();
+    let mut load = Load::from_env(32);
+    load.duration = common::env_secs("ATOLL_BENCH_SECS", 3.0);
+    let rounds: usize = common::env_parse("ATOLL_BENCH_ROUNDS", 5);
+    let bin = Path::new(env!("CARGO_BIN_EXE_atoll-cli"));
+
+    let receiver_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let sink = Arc::new(Sink::default());
+    let collector = receiver(&receiver_rt, sink.clone())?;
+
+    let configs = [
+        ("export off", HELLO.to_string()),
+        ("export off (second host)", HELLO.to_string()),
+        (
+            "export on, sample_ratio 0",
+            format!("[telemetry]\notlp_endpoint = \"{collector}\"\nsample_ratio = 0\n{HELLO}"),
+        ),
+        (
+            "export on, sample_ratio 0.1",
+            format!("[telemetry]\notlp_endpoint = \"{collector}\"\nsample_ratio = 0.1\n{HELLO}"),
+        ),
+        (
+            "export on, every span sent",
+            format!("[telemetry]\notlp_endpoint = \"{collector}\"\n{HELLO}"),
+        ),
+    ];
+    // No OTEL_* from the environment: each host is exactly its manifest.
+    let blank: Vec<(&str, &Path)> = atoll::config::OTEL_ENV
+        .iter()
+        .map(|k| (*k, Path::new("")))
+        .collect();
+    let mut hosts = Vec::new();
+    for (name, toml) in &configs {
+        let (dir, manifest) = manifest_file(toml);
+        let host = ChildHost::spawn_in(bin, dir.path(), &manifest, &[], &blank)?;
+        let addr = host.addr;
+        let check = run_load(
+            addr,
+            Load {
+                connections: 1,
+                warmup: Duration::ZERO,
+                duration: Duration::from_millis(200),
+            },
+            StatusCode::OK,
+            Arc::new(move |_, _| common::get(addr, "/hello")),
+        );
+        anyhow::ensure!(
+            check.ok > 0 && check.errors == 0,
+            "{name}: GET /hello failed"
+        );
+        hosts.push((*name, host, dir));
+    }
+    println!(
+        "load: {} keep-alive HTTP/1.1 connections, {:?} warm-up, {rounds} rounds of {:?} per host, alternating (order rotates each round)",
+        load.connections, load.warmup, load.duration
+    );
+
+    let mut results: Vec<Vec<LoadResult>> = hosts.iter().map(|_| Vec::new()).collect();
+    for round in 0..rounds {
+        for i in 0..hosts.len() {
+            let i = (i + round) % hosts.len();
+            let (name, host, _) = &hosts[i];
+            let addr = host.addr;
+            let r = run_load(
+                addr,
+                load,
+                StatusCode::OK,
+                Arc::new(move |_, _| common::get(addr, "/hello")),
+            );
+            r.warn(name);
+            results[i].push(r);
+        }
+    }
+    let exported_requests = sink.requests.load(Ordering::Relaxed);
+    let exported_bytes = sink.bytes.load(Ordering::Relaxed);
+
+    let rate = |rs: &[LoadResult]| rs.iter().map(LoadResult::rate).sum::<f64>() / rs.len() as f64;
+    let median = |rs: &[LoadResult], f: &dyn Fn(&LoadResult) -> f64| {
+        let mut v: Vec<f64> = rs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let off = rate(&results[0]);
+    let rows: Vec<Vec<String>> = hosts
+        .iter()
+        .zip(&results)
+        .map(|((name, ..), rs)| {
+            vec![
+                name.to_string(),
+                fmt_rate(rate(rs)),
+                format!("{:+.1}%", (1.0 - rate(rs) / off) * 100.0),
+                fmt_ns(median(rs, &|r| r.quantile(0.5))),
+                fmt_ns(median(rs, &|r| r.quantile(0.99))),
+                rs.iter().map(|r| r.errors).sum::<u64>().to_string(),
+            ]
+        })
+        .collect();
+    print_table(
+        "GET /hello through `atoll up` (mean req/s over rounds, cost vs the first host; median p50/p99)",
+        &["tracing", "req/s", "cost", "p50", "p99", "errors"],
+        &rows,
+    );
+    // Per round, each against the first off host of the same round.
+    for (i, (name, ..)) in hosts.iter().enumerate().skip(1) {
+        let per_round: Vec<String> = results[0]
+            .iter()
+            .zip(&results[i])
+            .map(|(a, b)| format!("{:+.1}%", (1.0 - b.rate() / a.rate()) * 100.0))
+            .collect();
+        println!("{name}: cost per round {}", per_round.join(", "));
+    }
+    let noise = 1.0 - rate(&results[1]) / off;
+    let unsampled = 1.0 - rate(&results[2]) / off;
+    let tenth = 1.0 - rate(&results[3]) / off;
+    let on = 1.0 - rate(&results[4]) / off;
+    println!(
+        "\nreceiver: {exported_requests} export requests, {} KiB of protobuf",
+        exported_bytes / 1024
+    );
+    println!(
+        "off vs off (noise floor): {:.1}%; layer present but unsampled vs off: {:.1}%",
+        noise * 100.0,
+        unsampled * 100.0
+    );
+    println!(
+        "goal: export on costs < {:.0}% of throughput: every span sent {} ({:.1}%, ratio on/off {:.3}); sample_ratio 0.1 {} ({:.1}%)",
+        GOAL_ON * 100.0,
+        if on < GOAL_ON { "met" } else { "NOT met" },
+        on * 100.0,
+        1.0 - on,
+        if tenth < GOAL_ON { "met" } else { "NOT met" },
+        tenth * 100.0,
+    );
+    println!(
+        "goal: export off costs < {:.0}%: off installs no OpenTelemetry layer and the spans stay disabled (the same subscriber as without the feature); \
+         the two off hosts differ by {:.1}%, and even the unsampled layer costs {:.1}%",
+        GOAL_OFF * 100.0,
+        noise * 100.0,
+        unsampled * 100.0
+    );
+
+    // Stop the exporting host gently: its last line says what it sent.
+    let (_, exporting, _) = hosts.pop().expect("the exporting host");
+    let pid = exporting.child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status()?;
+    let mut exporting = exporting;
+    for _ in 0..300 {
+        if exporting.child.try_wait()?.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if let Some(line) = exporting.stderr.lock().unwrap().iter().find(|l| {
+        l.contains("trace export flushed") || l.contains("SpansDropped") || l.contains("dropped")
+    }) {
+        println!("exporting host: {line}");
+    }
+    Ok(())
+}

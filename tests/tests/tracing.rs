@@ -1,0 +1,647 @@
+//! OTLP trace export, end to end: `atoll up` child processes export to a
+//! real OTLP receiver started by the test (a hyper server on 127.0.0.1:0 that
+//! decodes `ExportTraceServiceRequest` with the opentelemetry-proto types,
+//! over http/protobuf at `POST /v1/traces` and over gRPC).
+//!
+//! - One request through a component that calls a second one, writes kv,
+//!   publishes a message and makes an outbound request, and the delivery of
+//!   that message to a third component: one trace, every span's parent in it.
+//! - A client's `traceparent` becomes the parent of `gateway.request`; the
+//!   response carries the exported ids; queued spans are sent on shutdown.
+//! - Off, nothing is sent; a bad `OTEL_*` value stops the host with its name.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use atoll_tests::{ChildHost, manifest_file, send_with};
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::body::{Body, Frame};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use prost::Message as _;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_atoll-cli"))
+}
+
+/// One exported span, flattened.
+#[derive(Debug, Clone)]
+struct Exported {
+    service: String,
+    name: String,
+    trace: String,
+    id: String,
+    parent: String,
+    kind: i32,
+    attrs: BTreeMap<String, String>,
+    /// (trace id, span id) of each link.
+    links: Vec<(String, String)>,
+}
+
+impl Exported {
+    fn attr(&self, key: &str) -> &str {
+        self.attrs.get(key).map_or("", String::as_str)
+    }
+}
+
+/// What the receiver got.
+#[derive(Default)]
+struct Received {
+    /// Export requests, by path.
+    requests: Vec<String>,
+    spans: Vec<Exported>,
+    /// `traceparent` of each GET /downstream.
+    downstream: Vec<String>,
+}
+
+/// An OTLP receiver (http/protobuf and gRPC) that also answers
+/// `GET /downstream` for the components' outbound requests.
+struct Receiver {
+    addr: SocketAddr,
+    got: Arc<Mutex<Received>>,
+}
+
+const GRPC_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+impl Receiver {
+    async fn start() -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let got = Arc::new(Mutex::new(Received::default()));
+        let state = got.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(answer(req, &state).await) }
+                    });
+                    // HTTP/1.1 for http/protobuf and outbound requests, h2c for gRPC.
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Receiver { addr, got }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn spans(&self) -> Vec<Exported> {
+        self.got.lock().unwrap().spans.clone()
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.got.lock().unwrap().requests.clone()
+    }
+
+    /// Waits (up to 60 s) until `done` holds for the spans received.
+    async fn wait_for(&self, what: &str, done: impl Fn(&[Exported]) -> bool) -> Vec<Exported> {
+        for _ in 0..600 {
+            let spans = self.spans();
+            if done(&spans) {
+                return spans;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the receiver never got {what}; got:\n{:#?}", self.spans());
+    }
+}
+
+/// A response body: one data frame, then trailers (gRPC's status).
+struct WithTrailers {
+    data: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+impl Body for WithTrailers {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if let Some(data) = self.data.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+}
+
+async fn answer(req: Request<Incoming>, state: &Mutex<Received>) -> Response<WithTrailers> {
+    let reply = |status: StatusCode, data: Bytes, trailers: Option<HeaderMap>| {
+        let mut res = Response::new(WithTrailers {
+            data: Some(data),
+            trailers,
+        });
+        *res.status_mut() = status;
+        res
+    };
+    let path = req.uri().path().to_string();
+    if path == "/downstream" {
+        let tp = req
+            .headers()
+            .get("traceparent")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        state.lock().unwrap().downstream.push(tp);
+        return reply(StatusCode::OK, Bytes::from_static(b"ok"), None);
+    }
+    let content_type = req
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let body = req.into_body().collect().await.unwrap().to_bytes();
+    state.lock().unwrap().requests.push(path.clone());
+    let empty = ExportTraceServiceResponse::default().encode_to_vec();
+    match path.as_str() {
+        "/v1/traces" => {
+            assert_eq!(content_type, "application/x-protobuf");
+            record(&body, state);
+            let mut res = reply(StatusCode::OK, Bytes::from(empty), None);
+            res.headers_mut()
+                .insert("content-type", "application/x-protobuf".parse().unwrap());
+            res
+        }
+        GRPC_EXPORT => {
+            assert_eq!(content_type, "application/grpc");
+            // Uncompressed flag, 4-byte length, the message.
+            assert_eq!(body[0], 0, "compressed gRPC message");
+            let len = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;
+            assert_eq!(len, body.len() - 5);
+            record(&body[5..], state);
+            let mut framed = vec![0];
+            framed.extend_from_slice(&(empty.len() as u32).to_be_bytes());
+            framed.extend_from_slice(&empty);
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", "0".parse().unwrap());
+            let mut res = reply(StatusCode::OK, Bytes::from(framed), Some(trailers));
+            res.headers_mut()
+                .insert("content-type", "application/grpc".parse().unwrap());
+            res
+        }
+        _ => reply(StatusCode::NOT_FOUND, Bytes::new(), None),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn text(v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
+    match v.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::IntValue(i)) => i.to_string(),
+        Some(Value::BoolValue(b)) => b.to_string(),
+        Some(Value::DoubleValue(d)) => d.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn record(body: &[u8], state: &Mutex<Received>) {
+    let request = ExportTraceServiceRequest::decode(body).expect("an ExportTraceServiceRequest");
+    let mut got = state.lock().unwrap();
+    for rs in request.resource_spans {
+        let service = rs
+            .resource
+            .iter()
+            .flat_map(|r| &r.attributes)
+            .find(|kv| kv.key == "service.name")
+            .map(|kv| text(&kv.value))
+            .unwrap_or_default();
+        for ss in rs.scope_spans {
+            for span in ss.spans {
+                got.spans.push(Exported {
+                    service: service.clone(),
+                    name: span.name.clone(),
+                    trace: hex(&span.trace_id),
+                    id: hex(&span.span_id),
+                    parent: hex(&span.parent_span_id),
+                    kind: span.kind,
+                    attrs: span
+                        .attributes
+                        .iter()
+                        .map(|kv| (kv.key.clone(), text(&kv.value)))
+                        .collect(),
+                    links: span
+                        .links
+                        .iter()
+                        .map(|l| (hex(&l.trace_id), hex(&l.span_id)))
+                        .collect(),
+                });
+            }
+        }
+    }
+}
+
+/// `(trace id, span id, flags)` of a response's traceparent.
+fn traceparent(headers: &HeaderMap) -> (String, String, String) {
+    let tp = headers["traceparent"].to_str().unwrap();
+    let parts: Vec<&str> = tp.split('-').collect();
+    assert_eq!(parts.len(), 4, "{tp}");
+    (parts[1].into(), parts[2].into(), parts[3].into())
+}
+
+/// Runs `atoll up` with `env` on top of an environment without OTEL_*
+/// variables (empty counts as unset), off the async workers.
+async fn spawn(manifest: &Path, env: &[(&str, &str)]) -> ChildHost {
+    let manifest = manifest.to_path_buf();
+    let mut vars: Vec<(String, String)> = atoll::config::OTEL_ENV
+        .iter()
+        .chain(&["OTEL_BSP_SCHEDULE_DELAY"])
+        .map(|k| (k.to_string(), String::new()))
+        .collect();
+    for (k, v) in env {
+        vars.retain(|(name, _)| name != k);
+        vars.push((k.to_string(), v.to_string()));
+    }
+    tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &Path)> = vars
+            .iter()
+            .map(|(k, v)| (k.as_str(), Path::new(v.as_str())))
+            .collect();
+        ChildHost::spawn_in(bin(), Path::new("."), &manifest, &[], &env).unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// SIGTERM, and wait (up to 60 s) for a clean exit.
+async fn stop(mut host: ChildHost) -> Vec<String> {
+    let pid = host.child.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    for _ in 0..600 {
+        if let Some(code) = host.child.try_wait().unwrap() {
+            assert!(code.success(), "atoll exited with {code}");
+            return host.stderr.lock().unwrap().clone();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("atoll did not stop after SIGTERM");
+}
+
+const CHAIN: &str = r#"
+[topics.orders]
+
+[components.front]
+source = "{trace-front}"
+version = "1.0.0"
+routes = ["/order"]
+publishes = ["orders"]
+allowed_outbound_hosts = ["RECEIVER"]
+[components.front.config]
+downstream = "RECEIVER/downstream"
+[components.front.calls.pricing]
+
+[components.pricing]
+source = "{pricing}"
+version = "2.1.0"
+
+[components.sink]
+source = "{bus-sink}"
+version = "3.0.0"
+[[components.sink.subscriptions]]
+topic = "orders"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_request_is_one_connected_trace_across_call_kv_publish_delivery_and_outbound() {
+    let receiver = Receiver::start().await;
+    let toml = format!(
+        "[telemetry]\notlp_endpoint = \"{url}\"\nservice_name = \"trace-test\"\n{}",
+        CHAIN.replace("RECEIVER", &receiver.url()),
+        url = receiver.url(),
+    );
+    let (_dir, manifest) = manifest_file(&toml);
+    let host = spawn(&manifest, &[("OTEL_BSP_SCHEDULE_DELAY", "100")]).await;
+
+    let r = send_with("GET", &host.url("/order?item=book"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body, "hello, book | downstream 200: ok");
+    let (trace, root, flags) = traceparent(&r.headers);
+    assert_eq!(flags, "01");
+
+    // Everything down to the delivery's own kv write.
+    let spans = receiver
+        .wait_for("the request's spans and the delivery's", |spans| {
+            let has = |name: &str, component: &str| {
+                spans
+                    .iter()
+                    .any(|s| s.name == name && s.attr("component") == component)
+            };
+            has("gateway.request", "front")
+                && has("http.outbound", "front")
+                && has("bus.deliver", "sink")
+                && has("kv.increment", "sink")
+        })
+        .await;
+    let one = |name: &str, component: &str| -> &Exported {
+        let found: Vec<&Exported> = spans
+            .iter()
+            .filter(|s| s.name == name && s.attr("component") == component)
+            .collect();
+        assert_eq!(found.len(), 1, "{name} of {component}: {found:#?}");
+        found[0]
+    };
+    let request = one("gateway.request", "front");
+    let invoke = one("component.invoke", "front");
+    let call = one("call.invoke", "pricing");
+    let kv_write = one("kv.set", "front");
+    let publish = one("bus.publish", "front");
+    let outbound = one("http.outbound", "front");
+    let deliver = one("bus.deliver", "sink");
+    let sink_kv = one("kv.increment", "sink");
+
+    // One trace: the response's, with the gateway's span as its root.
+    assert!(spans.iter().all(|s| s.trace == trace), "{spans:#?}");
+    assert_eq!(
+        (request.id.as_str(), request.parent.as_str()),
+        (root.as_str(), "")
+    );
+    // A tree: every other span's parent was exported too.
+    let ids: std::collections::BTreeSet<&str> = spans.iter().map(|s| s.id.as_str()).collect();
+    for s in &spans {
+        assert!(
+            s.parent.is_empty() && s.id == root || ids.contains(s.parent.as_str()),
+            "{} has a parent outside the trace: {s:#?}",
+            s.name
+        );
+    }
+    // The parent links, hop by hop.
+    assert_eq!(invoke.parent, request.id);
+    assert_eq!(call.parent, invoke.id);
+    assert_eq!(kv_write.parent, invoke.id);
+    assert_eq!(publish.parent, invoke.id);
+    assert_eq!(outbound.parent, invoke.id);
+    assert_eq!(
+        deliver.parent, publish.id,
+        "the delivery continues the publish"
+    );
+    assert_eq!(deliver.links, vec![(trace.clone(), publish.id.clone())]);
+    assert_eq!(sink_kv.parent, deliver.id);
+    // The outbound request carried the outbound span's context.
+    let downstream = receiver.got.lock().unwrap().downstream.clone();
+    assert_eq!(downstream, vec![format!("00-{trace}-{}-01", outbound.id)]);
+
+    // Attributes, kinds and the resource.
+    assert!(spans.iter().all(|s| s.service == "trace-test"));
+    assert_eq!(
+        (
+            request.attr("route"),
+            request.attr("status"),
+            request.attr("method")
+        ),
+        ("/order", "200", "GET")
+    );
+    assert_eq!(request.attr("version"), "1.0.0");
+    assert_eq!(request.kind, SpanKind::Server as i32);
+    assert_eq!(invoke.attr("version"), "1.0.0");
+    assert!(
+        invoke.attr("instantiate_us").parse::<u64>().is_ok(),
+        "{invoke:#?}"
+    );
+    assert_eq!(
+        (
+            call.attr("caller"),
+            call.attr("callee"),
+            call.attr("version"),
+            call.attr("outcome"),
+            call.attr("attempts"),
+            call.attr("retries"),
+            call.attr("breaker"),
+        ),
+        ("front", "pricing", "2.1.0", "ok", "1", "0", "closed")
+    );
+    assert_eq!(call.attr("function"), "test:calls/quote#greet");
+    assert_eq!(kv_write.attr("version"), "1.0.0");
+    assert_eq!(
+        (publish.attr("topic"), publish.kind),
+        ("orders", SpanKind::Producer as i32)
+    );
+    assert_eq!(
+        (
+            deliver.attr("version"),
+            deliver.attr("outcome"),
+            deliver.kind
+        ),
+        ("3.0.0", "ack", SpanKind::Consumer as i32)
+    );
+    assert_eq!(deliver.attr("subscription"), "orders/sink");
+    assert_eq!(
+        (
+            outbound.attr("method"),
+            outbound.attr("status"),
+            outbound.kind
+        ),
+        ("GET", "200", SpanKind::Client as i32)
+    );
+    // Never a payload: the greeting was the message and the response body.
+    for s in &spans {
+        for (k, v) in &s.attrs {
+            assert!(!v.contains("hello, book"), "{} {k} = {v}", s.name);
+        }
+    }
+    assert!(
+        receiver.requests().iter().all(|p| p == "/v1/traces"),
+        "{:?}",
+        receiver.requests()
+    );
+    let log = stop(host).await;
+    assert!(
+        log.iter().any(|l| l.contains("trace export flushed")),
+        "{log:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_traceparent_is_the_parent_and_grpc_from_the_environment_flushes_on_shutdown() {
+    let receiver = Receiver::start().await;
+    let (_dir, manifest) = manifest_file(
+        r#"
+[components.hello]
+source = "{hello}"
+routes = ["/hello"]
+"#,
+    );
+    let url = receiver.url();
+    // Export only from the environment; batches would wait 10 minutes, so
+    // only the shutdown sends them.
+    let host = spawn(
+        &manifest,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", url.as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_SERVICE_NAME", "env-service"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+        ],
+    )
+    .await;
+    let sent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = send_with("GET", &host.url("/hello"), &[("traceparent", sent)], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let (trace, span, flags) = traceparent(&r.headers);
+    assert_eq!(
+        (trace.as_str(), flags.as_str()),
+        ("4bf92f3577b34da6a3ce929d0e0e4736", "01")
+    );
+    assert_ne!(span, "00f067aa0ba902b7");
+    assert!(receiver.requests().is_empty(), "sent before shutdown");
+
+    stop(host).await;
+    let spans = receiver.spans();
+    assert!(!receiver.requests().is_empty());
+    assert!(receiver.requests().iter().all(|p| p == GRPC_EXPORT));
+    let request: Vec<&Exported> = spans
+        .iter()
+        .filter(|s| s.name == "gateway.request")
+        .collect();
+    assert_eq!(request.len(), 1, "{spans:#?}");
+    let request = request[0];
+    assert_eq!(
+        (
+            request.trace.as_str(),
+            request.id.as_str(),
+            request.parent.as_str()
+        ),
+        (trace.as_str(), span.as_str(), "00f067aa0ba902b7")
+    );
+    assert_eq!(request.service, "env-service");
+    let invoke = spans
+        .iter()
+        .find(|s| s.name == "component.invoke")
+        .expect("component.invoke");
+    assert_eq!(
+        (invoke.parent.as_str(), invoke.attr("component")),
+        (span.as_str(), "hello")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_nothing_is_sent_and_sample_ratio_zero_sends_nothing_new() {
+    let receiver = Receiver::start().await;
+    let url = receiver.url();
+    // No endpoint in the manifest; the environment names one but disables the SDK.
+    let (_dir, manifest) = manifest_file(&format!(
+        "[telemetry]\nservice_name = \"quiet\"\n{}",
+        CHAIN.replace("RECEIVER", &url)
+    ));
+    let host = spawn(
+        &manifest,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", url.as_str()),
+            ("OTEL_SDK_DISABLED", "true"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )
+    .await;
+    for _ in 0..3 {
+        let r = send_with("GET", &host.url("/order?item=pen"), &[], "")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        // The trace context is still answered, and still propagated.
+        let (trace, _, _) = traceparent(&r.headers);
+        assert_eq!(trace.len(), 32);
+    }
+    let log = stop(host).await;
+    {
+        let got = receiver.got.lock().unwrap();
+        assert_eq!(got.requests.len(), 0, "{:?}", got.requests);
+        assert_eq!(got.downstream.len(), 3);
+        assert!(
+            got.downstream.iter().all(String::is_empty),
+            "{:?}",
+            got.downstream
+        );
+    }
+    assert!(!log.iter().any(|l| l.contains("trace export")), "{log:#?}");
+
+    // Exporting with sample_ratio 0: new traces are answered unsampled and
+    // nothing reaches the collector.
+    let (_dir, manifest) = manifest_file(&format!(
+        "[telemetry]\notlp_endpoint = \"{url}\"\nsample_ratio = 0\n{}",
+        CHAIN.replace("RECEIVER", &url)
+    ));
+    let host = spawn(&manifest, &[("OTEL_BSP_SCHEDULE_DELAY", "100")]).await;
+    let r = send_with("GET", &host.url("/order?item=pen"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (trace, _, flags) = traceparent(&r.headers);
+    assert_eq!(flags, "00");
+    stop(host).await;
+    let got = receiver.got.lock().unwrap();
+    assert_eq!(got.spans.len(), 0, "{:#?}", got.spans);
+    // The outbound request still carried the (unsampled) trace.
+    let last = got.downstream.last().unwrap();
+    assert!(
+        last.starts_with(&format!("00-{trace}-")) && last.ends_with("-00"),
+        "{last}"
+    );
+}
+
+#[test]
+fn a_bad_otel_variable_stops_the_host_with_its_name() {
+    let (_dir, manifest) = manifest_file(
+        r#"
+[components.hello]
+source = "{hello}"
+routes = ["/hello"]
+"#,
+    );
+    for (var, value, want) in [
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "localhost:4318",
+            "error: trace export: OTEL_EXPORTER_OTLP_ENDPOINT: `localhost:4318` is not an http:// URL",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "http/json",
+            "error: trace export: OTEL_EXPORTER_OTLP_PROTOCOL: `http/json` is not supported; use `http/protobuf` (the default) or `grpc`",
+        ),
+    ] {
+        let mut cmd = Command::new(bin());
+        for k in atoll::config::OTEL_ENV {
+            cmd.env_remove(k);
+        }
+        let out = cmd
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+            .env(var, value)
+            .args(["up", manifest.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .args(["--admin-listen", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{err}");
+    }
+}

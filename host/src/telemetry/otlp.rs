@@ -348,14 +348,6 @@ pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
     Some(format_traceparent(trace, span_id, sampled))
 }
 
-/// Marks a pipeline stage (`gateway.route`) on `span` as an event naming the route.
-pub fn stage(span: &tracing::Span, name: &'static str, route: &str) {
-    span.add_event(
-        name,
-        vec![opentelemetry::KeyValue::new("route", route.to_string())],
-    );
-}
-
 /// `00-<trace>-<span>-<flags>`.
 pub fn format_traceparent(trace: u128, span: u64, sampled: bool) -> String {
     format!(

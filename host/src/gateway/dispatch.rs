@@ -38,7 +38,7 @@ impl Run {
 }
 
 /// Polls a future exactly once.
-async fn futures_poll_once<F: Future + Unpin>(mut fut: F) -> Poll<F::Output> {
+pub(super) async fn poll_once<F: Future + Unpin>(mut fut: F) -> Poll<F::Output> {
     std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut fut).poll(cx))).await
 }
 
@@ -289,7 +289,7 @@ where
     // client reading), and to completion even if the client goes away, as
     // in `wasmtime serve` (a handler is never cut off between two writes).
     let mut invocation: Pin<Box<dyn Future<Output = Outcome> + Send>> = Box::pin(invocation);
-    let run = match futures_poll_once(invocation.as_mut()).await {
+    let run = match poll_once(invocation.as_mut()).await {
         Poll::Ready(outcome) => Run::Done(outcome),
         Poll::Pending => Run::Running(tokio::spawn(invocation)),
     };

@@ -503,8 +503,7 @@ impl Gateway {
             LimitedBody::new(body, max_body, self.settings.body_timeout, watch.clone())
         });
 
-        let served =
-            tokio::time::timeout(self.settings.request_timeout, self.serve(route, req, peer)).await;
+        let served = self.within_timeout(self.serve(route, req, peer)).await;
         let served = match served {
             Ok(served) => served,
             Err(_) => {
@@ -542,6 +541,23 @@ impl Gateway {
             return reject(exchange, reason, served.response);
         }
         served.response
+    }
+
+    /// Runs `serving` within `request_timeout`. Most targets answer within
+    /// their first poll (a component that sets its response at once); only
+    /// one still pending arms the timer, so the common request registers
+    /// and cancels no timer entry.
+    async fn within_timeout(
+        &self,
+        serving: impl std::future::Future<Output = Served>,
+    ) -> Result<Served, tokio::time::error::Elapsed> {
+        let mut serving = std::pin::pin!(serving);
+        match dispatch::poll_once(serving.as_mut()).await {
+            std::task::Poll::Ready(served) => Ok(served),
+            std::task::Poll::Pending => {
+                tokio::time::timeout(self.settings.request_timeout, serving).await
+            }
+        }
     }
 
     /// Step 7: the route's target.

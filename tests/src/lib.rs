@@ -320,3 +320,45 @@ impl Drop for ChildHost {
         let _ = self.child.wait();
     }
 }
+
+/// A streamed admin answer of newline-delimited JSON (`follow=1`), read as it comes.
+pub struct NdjsonFollow {
+    /// Each complete line, newline included.
+    pub lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    /// Ends when the answer ends: what came after the last newline.
+    pub reader: tokio::task::JoinHandle<anyhow::Result<String>>,
+}
+
+/// GETs `path_and_query` on the admin API of a host whose data dir is
+/// `data_dir`, checks it answers 200 with NDJSON, and follows the stream.
+pub async fn follow_ndjson(
+    admin: SocketAddr,
+    data_dir: &Path,
+    path_and_query: &str,
+) -> NdjsonFollow {
+    let token = std::fs::read_to_string(data_dir.join("admin.token")).unwrap();
+    let req = http::Request::get(format!("http://{admin}{path_and_query}"))
+        .header("authorization", format!("Bearer {}", token.trim()))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let res = client().request(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "application/x-ndjson");
+    let (lines_tx, lines) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        let mut body = res.into_body();
+        let mut text = String::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame?;
+            if let Some(data) = frame.data_ref() {
+                text.push_str(std::str::from_utf8(data).unwrap());
+                while let Some(end) = text.find('\n') {
+                    let line: String = text.drain(..=end).collect();
+                    let _ = lines_tx.send(line);
+                }
+            }
+        }
+        anyhow::Ok(text)
+    });
+    NdjsonFollow { lines, reader }
+}

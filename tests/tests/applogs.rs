@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use atoll::telemetry::logs::{CAPACITY, Level, LogRecord, MAX_MESSAGE, Source, TraceId};
 use atoll_tests::{ChildHost, TestHost, admin, get, manifest_file, send_with};
-use http_body_util::BodyExt;
 
 const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
@@ -275,33 +274,12 @@ routes = ["/unfollowed"]
     )
     .await;
     assert_eq!(get(&h.url("/followed/before")).await.status, 200);
-    let token = std::fs::read_to_string(h.dir.path().join("admin.token")).unwrap();
-    let req = http::Request::get(format!(
-        "http://{}/v1/logs?follow=1&component=followed&source=stdout",
-        h.host.admin_addr()
-    ))
-    .header("authorization", format!("Bearer {}", token.trim()))
-    .body(http_body_util::Full::new(bytes::Bytes::new()))
-    .unwrap();
-    let res = atoll_tests::client().request(req).await.unwrap();
-    assert_eq!(res.status(), 200);
-    assert_eq!(res.headers()["content-type"], "application/x-ndjson");
-    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
-    let reader = tokio::spawn(async move {
-        let mut body = res.into_body();
-        let mut text = String::new();
-        while let Some(frame) = body.frame().await {
-            let frame = frame?;
-            if let Some(data) = frame.data_ref() {
-                text.push_str(std::str::from_utf8(data).unwrap());
-                while let Some(end) = text.find('\n') {
-                    let line: String = text.drain(..=end).collect();
-                    let _ = lines_tx.send(line);
-                }
-            }
-        }
-        anyhow::Ok(text)
-    });
+    let atoll_tests::NdjsonFollow { mut lines, reader } = atoll_tests::follow_ndjson(
+        h.host.admin_addr(),
+        h.dir.path(),
+        "/v1/logs?follow=1&component=followed&source=stdout",
+    )
+    .await;
     let mut next = async || {
         let line = tokio::time::timeout(Duration::from_secs(30), lines.recv())
             .await

@@ -13,7 +13,6 @@ use atoll::config::CallLogSpec;
 use atoll::gateway::auth::{TokenRequest, issue_local};
 use atoll::gateway::calllog::{CallLog, CallQuery, CallRecord, Followed, now_ms};
 use atoll_tests::{ChildHost, TestHost, admin, get, manifest_file, send_with};
-use http_body_util::BodyExt;
 
 fn spec(max_age: Duration, max_size: u64) -> CallLogSpec {
     CallLogSpec {
@@ -647,33 +646,12 @@ async fn every_request_is_one_row_with_no_secrets_in_the_data_dir() {
 
     // follow=1: the matching backlog as JSON lines, then new rows, and the
     // answer ends (cleanly) when the host stops.
-    let token_file = std::fs::read_to_string(h.dir.path().join("admin.token")).unwrap();
-    let req = http::Request::get(format!(
-        "http://{}/v1/calls?follow=1&status=404",
-        h.host.admin_addr()
-    ))
-    .header("authorization", format!("Bearer {}", token_file.trim()))
-    .body(http_body_util::Full::new(bytes::Bytes::new()))
-    .unwrap();
-    let res = atoll_tests::client().request(req).await.unwrap();
-    assert_eq!(res.status(), 200);
-    assert_eq!(res.headers()["content-type"], "application/x-ndjson");
-    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
-    let reader = tokio::spawn(async move {
-        let mut body = res.into_body();
-        let mut text = String::new();
-        while let Some(frame) = body.frame().await {
-            let frame = frame?;
-            if let Some(data) = frame.data_ref() {
-                text.push_str(std::str::from_utf8(data).unwrap());
-                while let Some(end) = text.find('\n') {
-                    let line: String = text.drain(..=end).collect();
-                    let _ = lines_tx.send(line);
-                }
-            }
-        }
-        anyhow::Ok(text)
-    });
+    let atoll_tests::NdjsonFollow { mut lines, reader } = atoll_tests::follow_ndjson(
+        h.host.admin_addr(),
+        h.dir.path(),
+        "/v1/calls?follow=1&status=404",
+    )
+    .await;
     let mut next_path = async || {
         let line = tokio::time::timeout(Duration::from_secs(30), lines.recv())
             .await

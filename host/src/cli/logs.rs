@@ -146,47 +146,20 @@ impl Logs {
                 ("follow", self.follow.then_some("1")),
             ],
         );
-        if !self.follow {
-            let rows: Vec<CallRecord> = client.get(&path)?;
-            if self.json {
-                for row in &rows {
-                    println!("{}", serde_json::to_string(row)?);
-                }
-            } else if rows.is_empty() {
-                println!("no calls match");
-            } else {
-                print!("{}", table(&HEADER, rows.iter().map(cells).collect()));
-            }
-            return Ok(());
-        }
-        if !self.json {
-            println!(
-                "{}",
-                fixed_line(HEADER.map(String::from).to_vec(), &FOLLOW_WIDTHS)
-            );
-        }
-        client.get_lines(&path, |line| {
-            if line.is_empty() {
-                return Ok(());
-            }
-            let value: serde_json::Value = serde_json::from_slice(line)
-                .context("the admin API sent a line that is not JSON; is the host the same version?")?;
-            if let Some(n) = value.get("lagged") {
-                eprintln!("({n} rows skipped: this terminal fell behind; see them with --since)");
-                return Ok(());
-            }
-            let row: CallRecord = serde_json::from_value(value)
-                .context("the admin API sent a row this atoll does not understand; is the host the same version?")?;
-            if self.json {
-                println!("{}", serde_json::to_string(&row)?);
-            } else {
-                println!("{}", fixed_line(cells(&row), &FOLLOW_WIDTHS));
-            }
-            Ok(())
-        })?;
-        // The host ended the stream: it is stopping.
-        eprintln!("the host stopped");
-        Ok(())
+        show(
+            &client,
+            &path,
+            self.follow,
+            self.json,
+            &View {
+                header: &HEADER,
+                follow_widths: &FOLLOW_WIDTHS,
+                cells,
+                none: "no calls match",
+                lagged: "rows skipped: this terminal fell behind; see them with --since",
+                item: "row",
+            },
+        )
     }
 
     /// `atoll logs --app`: log records from `GET /v1/logs`.
@@ -205,49 +178,20 @@ impl Logs {
                 ("follow", self.follow.then_some("1")),
             ],
         );
-        if !self.follow {
-            let records: Vec<LogRecord> = client.get(&path)?;
-            if self.json {
-                for record in &records {
-                    println!("{}", serde_json::to_string(record)?);
-                }
-            } else if records.is_empty() {
-                println!("no log records match");
-            } else {
-                print!(
-                    "{}",
-                    table(&APP_HEADER, records.iter().map(app_cells).collect())
-                );
-            }
-            return Ok(());
-        }
-        if !self.json {
-            println!(
-                "{}",
-                fixed_line(APP_HEADER.map(String::from).to_vec(), &APP_FOLLOW_WIDTHS)
-            );
-        }
-        client.get_lines(&path, |line| {
-            if line.is_empty() {
-                return Ok(());
-            }
-            let value: serde_json::Value = serde_json::from_slice(line)
-                .context("the admin API sent a line that is not JSON; is the host the same version?")?;
-            if let Some(n) = value.get("lagged") {
-                eprintln!("({n} records skipped: this terminal fell behind; see them without --follow)");
-                return Ok(());
-            }
-            let record: LogRecord = serde_json::from_value(value)
-                .context("the admin API sent a record this atoll does not understand; is the host the same version?")?;
-            if self.json {
-                println!("{}", serde_json::to_string(&record)?);
-            } else {
-                println!("{}", fixed_line(app_cells(&record), &APP_FOLLOW_WIDTHS));
-            }
-            Ok(())
-        })?;
-        eprintln!("the host stopped");
-        Ok(())
+        show(
+            &client,
+            &path,
+            self.follow,
+            self.json,
+            &View {
+                header: &APP_HEADER,
+                follow_widths: &APP_FOLLOW_WIDTHS,
+                cells: app_cells,
+                none: "no log records match",
+                lagged: "records skipped: this terminal fell behind; see them without --follow",
+                item: "record",
+            },
+        )
     }
 
     /// Refuses bad flags before asking the host, naming the flag.
@@ -382,6 +326,78 @@ fn one_line(s: &str) -> String {
 }
 
 /// A row with fixed widths; a longer cell pushes the rest right.
+/// How one kind of item (call rows, log records) is printed.
+struct View<'a, T> {
+    header: &'a [&'a str],
+    follow_widths: &'a [usize],
+    cells: fn(&T) -> Vec<String>,
+    /// Printed when nothing matches.
+    none: &'a str,
+    /// After "(N " when a follower fell behind.
+    lagged: &'a str,
+    /// What one item is called in errors.
+    item: &'a str,
+}
+
+/// GETs `path` and prints the items as a table or JSON lines; with
+/// `follow`, keeps printing new ones (fixed-width columns) until the host
+/// ends the stream.
+fn show<T: serde::Serialize + serde::de::DeserializeOwned>(
+    client: &super::client::AdminClient,
+    path: &str,
+    follow: bool,
+    json: bool,
+    view: &View<'_, T>,
+) -> anyhow::Result<()> {
+    if !follow {
+        let items: Vec<T> = client.get(path)?;
+        if json {
+            for item in &items {
+                println!("{}", serde_json::to_string(item)?);
+            }
+        } else if items.is_empty() {
+            println!("{}", view.none);
+        } else {
+            print!(
+                "{}",
+                table(view.header, items.iter().map(view.cells).collect())
+            );
+        }
+        return Ok(());
+    }
+    if !json {
+        let header = view.header.iter().map(|h| h.to_string()).collect();
+        println!("{}", fixed_line(header, view.follow_widths));
+    }
+    client.get_lines(path, |line| {
+        if line.is_empty() {
+            return Ok(());
+        }
+        let value: serde_json::Value = serde_json::from_slice(line).context(
+            "the admin API sent a line that is not JSON; is the host the same version?",
+        )?;
+        if let Some(n) = value.get("lagged") {
+            eprintln!("({n} {})", view.lagged);
+            return Ok(());
+        }
+        let item: T = serde_json::from_value(value).with_context(|| {
+            format!(
+                "the admin API sent a {} this atoll does not understand; is the host the same version?",
+                view.item
+            )
+        })?;
+        if json {
+            println!("{}", serde_json::to_string(&item)?);
+        } else {
+            println!("{}", fixed_line((view.cells)(&item), view.follow_widths));
+        }
+        Ok(())
+    })?;
+    // The host ended the stream: it is stopping.
+    eprintln!("the host stopped");
+    Ok(())
+}
+
 fn fixed_line(cells: Vec<String>, widths: &[usize]) -> String {
     let mut line = String::new();
     for (cell, &w) in cells.iter().zip(widths) {

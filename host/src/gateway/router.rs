@@ -691,7 +691,7 @@ impl TraceContext {
         let parsed = headers
             .get("traceparent")
             .and_then(|v| v.to_str().ok())
-            .and_then(parse_traceparent);
+            .and_then(otlp::parse_traceparent);
         match parsed {
             Some((trace_id, parent_id, sampled)) => TraceContext {
                 trace_id,
@@ -720,35 +720,13 @@ impl TraceContext {
     }
 
     fn header(&self, span: u64) -> HeaderValue {
-        let flags = if self.sampled { "01" } else { "00" };
-        HeaderValue::try_from(format!("00-{:032x}-{span:016x}-{flags}", self.trace_id))
+        HeaderValue::try_from(otlp::format_traceparent(self.trace_id, span, self.sampled))
             .expect("hex is a valid header value")
     }
 }
 
 fn nonzero_u64() -> u64 {
     fastrand::u64(1..)
-}
-
-/// Parses `00-<32 hex>-<16 hex>-<2 hex>` (version 00; later versions may
-/// append fields). All-zero ids are invalid.
-fn parse_traceparent(text: &str) -> Option<(u128, u64, bool)> {
-    let mut parts = text.trim().split('-');
-    let version = parts.next()?;
-    let (trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?);
-    let hex =
-        |s: &str, len| s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    if !hex(version, 2) || version == "ff" || !hex(trace, 32) || !hex(parent, 16) || !hex(flags, 2)
-    {
-        return None;
-    }
-    if version == "00" && parts.next().is_some() {
-        return None;
-    }
-    let trace = u128::from_str_radix(trace, 16).ok().filter(|t| *t != 0)?;
-    let parent = u64::from_str_radix(parent, 16).ok().filter(|p| *p != 0)?;
-    let flags = u8::from_str_radix(flags, 16).ok()?;
-    Some((trace, parent, flags & 1 == 1))
 }
 
 /// A response body that writes the request's call log row exactly once:
@@ -832,7 +810,7 @@ mod tests {
     #[test]
     fn traceparent_parsing() {
         let ok = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let (t, p, s) = parse_traceparent(ok).unwrap();
+        let (t, p, s) = otlp::parse_traceparent(ok).unwrap();
         assert_eq!(format!("{t:032x}"), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(p, 0x00f067aa0ba902b7);
         assert!(s);
@@ -845,7 +823,7 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
             "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
         ] {
-            assert!(parse_traceparent(bad).is_none(), "{bad}");
+            assert!(otlp::parse_traceparent(bad).is_none(), "{bad}");
         }
     }
 }

@@ -240,3 +240,59 @@ async fn kv_operations_and_flushes_are_counted() {
     );
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_memory_growths_are_memory_limit_hits() {
+    let h = TestHost::start(
+        r#"
+        [components.hog]
+        source = "{memory-hog}"
+        version = "1.0.0"
+        routes = ["/hog"]
+        [components.hog.limits]
+        memory = "32MiB"
+        "#,
+    )
+    .await;
+    let hog = r#"component="hog",version="1.0.0",role="active""#;
+    let memory = format!("atoll_limit_hits_total{{{hog},limit=\"memory\"}}");
+    let trap = format!("atoll_limit_hits_total{{{hog},limit=\"trap\"}}");
+    let moved = |from: &BTreeMap<String, f64>, to: &BTreeMap<String, f64>, key: &str| {
+        at(to, key) - from.get(key).copied().unwrap_or(0.0)
+    };
+
+    // Ordinary requests, growing within the limit, count nothing.
+    let start = metrics(&h).await;
+    let r = get(&h.url("/hog?mb=8")).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "allocated 8 MiB"));
+    let r = get(&h.url("/hog?grow&mb=8")).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "grew 8 MiB"));
+    let ordinary = metrics(&h).await;
+    assert_eq!(moved(&start, &ordinary, &memory), 0.0);
+
+    // Each of these makes exactly one `memory.grow` past 32 MiB: refused
+    // as before (the guest answers), and counted once.
+    for _ in 0..3 {
+        let r = get(&h.url("/hog?grow&mb=64")).await;
+        assert_eq!((r.status, r.body.as_str()), (507, "grow refused"));
+    }
+    let refused = metrics(&h).await;
+    assert_eq!(moved(&ordinary, &refused, &memory), 3.0);
+    assert_eq!(moved(&ordinary, &refused, &trap), 0.0);
+
+    // A failed allocation counts each growth its allocator tried (wasi-libc's
+    // dlmalloc tries twice: contiguous, then not), and fails as before.
+    let r = get(&h.url("/hog?mb=64")).await;
+    assert_eq!(r.status, 507, "{}", r.body);
+    assert!(r.body.starts_with("allocation failed after"), "{}", r.body);
+    let failed = metrics(&h).await;
+    assert!(moved(&refused, &failed, &memory) >= 1.0);
+    assert_eq!(moved(&refused, &failed, &trap), 0.0);
+    // Rust's default handler aborts: a trap, as before, and counted as both.
+    let r = get(&h.url("/hog?abort&mb=64")).await;
+    assert_eq!(r.status, 500, "{}", r.body);
+    let aborted = metrics(&h).await;
+    assert!(moved(&failed, &aborted, &memory) >= 1.0);
+    assert_eq!(moved(&failed, &aborted, &trap), 1.0);
+    h.stop().await;
+}

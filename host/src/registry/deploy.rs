@@ -265,6 +265,7 @@ impl Registry {
                 OutboundPolicy::new(&spec.allowed_outbound_hosts).map_err(|e| anyhow!(e))?,
             ),
             memory: spec.limits.memory as usize,
+            stats: None,
             kv_value_size: spec.limits.kv_value_size as usize,
             bus: Some(Arc::new(BusGrant {
                 bus: parts.bus.clone(),
@@ -547,7 +548,8 @@ impl Registry {
             .filter(|(_, item)| matches!(item.ty, ComponentItem::ComponentInstance(_)))
             .map(|(name, _)| name.to_string())
             .collect();
-        let grants = service.grants.for_version(&version);
+        let stats = Arc::new(VersionStats::default());
+        let grants = service.grants.for_version(&version, stats.clone());
         let runtime = Arc::new(ComponentRuntime {
             name: service.grants.component.clone(),
             version,
@@ -562,7 +564,7 @@ impl Registry {
             exports: loaded.exports,
             imports,
             deployed_at,
-            stats: VersionStats::default(),
+            stats,
             health: Default::default(),
             call_imports,
             call_exports,

@@ -70,8 +70,8 @@ pub struct ComponentRuntime {
     pub imports: Vec<String>,
     /// When it was deployed (RFC 3339).
     pub deployed_at: String,
-    /// Its outcomes.
-    pub stats: VersionStats,
+    /// Its outcomes (its stores count refused memory growths here too).
+    pub stats: Arc<VersionStats>,
     /// Its last health check.
     pub health: Mutex<Option<HealthRecord>>,
     /// Interfaces it imports from other components.

@@ -57,7 +57,8 @@ impl Histogram {
     }
 }
 
-/// Why the host stopped or refused an invocation of a version.
+/// Why the host stopped or refused an invocation of a version, or something
+/// it asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
     /// `max_concurrency` was reached (503).
@@ -68,15 +69,19 @@ pub enum Limit {
     Deadline,
     /// It trapped.
     Trap,
+    /// A memory could not grow past `memory` (or its own declared maximum):
+    /// counted once per refused growth, so one invocation may count several.
+    Memory,
 }
 
 impl Limit {
     /// All of them, in order.
-    pub const ALL: [Limit; 4] = [
+    pub const ALL: [Limit; 5] = [
         Limit::Concurrency,
         Limit::Pool,
         Limit::Deadline,
         Limit::Trap,
+        Limit::Memory,
     ];
 
     /// Its label value.
@@ -86,6 +91,7 @@ impl Limit {
             Limit::Pool => "instance_pool",
             Limit::Deadline => "deadline",
             Limit::Trap => "trap",
+            Limit::Memory => "memory",
         }
     }
 }
@@ -102,7 +108,7 @@ pub struct VersionStats {
     /// Latency histogram: per bucket (not cumulative), then `+Inf`.
     latency: Histogram,
     /// Refusals and stops by [`Limit`].
-    limits: [AtomicU64; 4],
+    limits: [AtomicU64; Limit::ALL.len()],
     /// Traps by kind (wasmtime's trap code, or `host` for an error from a
     /// host call). Touched only when something traps.
     traps: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,

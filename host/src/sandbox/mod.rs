@@ -6,6 +6,7 @@
 //! to the component's `allowed_outbound_hosts`; its own key-value namespace and
 //! config values; and store limits (memory, instances, tables).
 
+mod limiter;
 mod logging;
 mod output;
 
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use wasmtime::component::{Linker, ResourceTable};
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime::{Engine, Store, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
@@ -21,6 +22,8 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpVi
 use crate::bus::{BusGrant, BusState, BusView};
 use crate::kv::{KvState, KvView, Namespace};
 use crate::policy::OutboundPolicy;
+use crate::registry::VersionStats;
+use limiter::Limiter;
 
 pub use output::GuestOutput;
 
@@ -30,7 +33,7 @@ pub struct InstanceState {
     http: WasiHttpCtx,
     hooks: Hooks,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: Limiter,
     kv: KvState,
     bus: BusState,
     config: Arc<WasiConfigVariables>,
@@ -63,6 +66,9 @@ pub struct Grants {
     pub outbound: Arc<OutboundPolicy>,
     /// Linear memory limit in bytes.
     pub memory: usize,
+    /// Where refused memory growths are counted: the version's stats
+    /// (`None` in a component's template).
+    pub stats: Option<Arc<VersionStats>>,
     /// Largest kv value in bytes.
     pub kv_value_size: usize,
     /// Its bus rights (`None` when the host runs without a bus).
@@ -70,10 +76,11 @@ pub struct Grants {
 }
 
 impl Grants {
-    /// A copy for one version of the component.
-    pub fn for_version(&self, version: &semver::Version) -> Grants {
+    /// A copy for one version of the component, counting into `stats`.
+    pub fn for_version(&self, version: &semver::Version, stats: Arc<VersionStats>) -> Grants {
         Grants {
             version: Arc::from(version.to_string()),
+            stats: Some(stats),
             ..self.clone()
         }
     }
@@ -174,13 +181,16 @@ pub fn new_store(engine: &Engine, grants: &Grants, deadline: Instant) -> Store<I
             table.set_max_capacity(MAX_RESOURCES);
             table
         },
-        limits: StoreLimitsBuilder::new()
-            .memory_size(grants.memory)
-            .instances(64)
-            .tables(64)
-            .memories(16)
-            .trap_on_grow_failure(false)
-            .build(),
+        limits: Limiter {
+            limits: StoreLimitsBuilder::new()
+                .memory_size(grants.memory)
+                .instances(64)
+                .tables(64)
+                .memories(16)
+                .trap_on_grow_failure(false)
+                .build(),
+            stats: grants.stats.clone(),
+        },
         kv: KvState::new(
             grants.namespace.clone(),
             grants.component.clone(),

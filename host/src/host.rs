@@ -9,10 +9,11 @@ use anyhow::{Context, anyhow};
 use tokio::sync::watch;
 
 use crate::bus::Bus;
-use crate::config::{ComponentSpec, Manifest};
+use crate::config::{ComponentSpec, Manifest, MetricsPush};
 use crate::engine::{ArtifactCache, Engines, PoolSize};
 use crate::kv::{KvBackend, SledBackend};
 use crate::registry::{Registry, RegistryParts};
+use crate::telemetry::push::{Pusher, Sources};
 use crate::{admin, gateway};
 
 /// A host that is serving.
@@ -33,6 +34,9 @@ pub struct RunningHost {
     /// source watcher): awaited on shutdown, so the stores close after them.
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     gateway: Arc<gateway::Gateway>,
+    /// The OTLP metrics push, when `[telemetry]` or the environment asks
+    /// for it.
+    metrics: Option<Pusher>,
     _engines: Engines,
 }
 
@@ -45,11 +49,22 @@ pub struct LoadedApp {
     bus: Arc<Bus>,
     gateway: Arc<gateway::Gateway>,
     engines: Engines,
+    metrics: Option<MetricsPush>,
+    /// When loading began: the start of the pushed cumulative series.
+    started: std::time::SystemTime,
 }
 
 impl LoadedApp {
-    /// Loads a manifest's components. Errors name the component and the problem.
+    /// Loads a manifest's components. Errors name the component and the
+    /// problem. The metrics push settings are read first, from the manifest
+    /// and this process's `OTEL_*` environment, so a bad one stops `atoll
+    /// up` and `atoll check` before anything is compiled.
     pub async fn load(manifest: Manifest) -> anyhow::Result<LoadedApp> {
+        let started = std::time::SystemTime::now();
+        let metrics = manifest
+            .telemetry
+            .resolve_metrics(|var| std::env::var(var).ok())
+            .map_err(|m| anyhow!("metrics push: {m}"))?;
         let data_dir = &manifest.host.data_dir;
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating data_dir {}", data_dir.display()))?;
@@ -94,12 +109,31 @@ impl LoadedApp {
             kv,
             bus,
             engines,
+            metrics,
+            started,
         })
     }
 
     /// Binds the listener and starts serving.
     pub async fn serve(self) -> anyhow::Result<RunningHost> {
         let data_dir = self.manifest.host.data_dir.clone();
+        // First push one interval from now; if serving fails below, the
+        // dropped pusher stops without pushing.
+        let metrics = match &self.metrics {
+            Some(config) => Some(
+                Pusher::start(
+                    config,
+                    Sources {
+                        registry: self.registry.clone(),
+                        bus: self.bus.clone(),
+                        gateway: self.gateway.clone(),
+                    },
+                    self.started,
+                )
+                .map_err(|e| anyhow!("metrics push: {e:#}"))?,
+            ),
+            None => None,
+        };
         let listener = gateway::bind(self.manifest.host.listen).await?;
         let addr = gateway::local_addr(&listener)?;
         let token = admin::load_or_create_token(&data_dir)?;
@@ -157,6 +191,7 @@ impl LoadedApp {
             data_dir,
             tasks: std::sync::Mutex::new(tasks),
             gateway,
+            metrics,
             _engines: self.engines,
         })
     }
@@ -193,6 +228,11 @@ impl RunningHost {
         self.admin_addr
     }
 
+    /// Where and how often the metrics are pushed, if they are.
+    pub fn metrics_push(&self) -> Option<&MetricsPush> {
+        self.metrics.as_ref().map(Pusher::config)
+    }
+
     /// Rebuilds and hot swaps a component whenever its source changes
     /// (`atoll up --watch`), until the host stops.
     pub fn watch_sources(&self) {
@@ -210,7 +250,8 @@ impl RunningHost {
     }
 
     /// Stops accepting, lets in-flight requests finish (up to the grace
-    /// period), then flushes the stores.
+    /// period), pushes the final metrics if they are pushed, then flushes
+    /// the stores.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.ready
             .store(false, std::sync::atomic::Ordering::Release);
@@ -222,6 +263,10 @@ impl RunningHost {
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
         for task in tasks {
             let _ = task.await;
+        }
+        // Nothing is served any more: these are the final counts.
+        if let Some(metrics) = self.metrics {
+            metrics.finish().await;
         }
         match self.admin.await {
             Ok(Err(e)) => {

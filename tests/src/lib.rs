@@ -1,5 +1,6 @@
 //! Helpers for Atoll's integration tests: build the test guests once, start
-//! real hosts on 127.0.0.1:0 (in-process or as a child process), speak HTTP.
+//! real hosts on 127.0.0.1:0 (in-process or as a child process), speak HTTP,
+//! and receive OTLP exports ([`OtlpReceiver`]).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -228,6 +229,8 @@ pub struct ChildHost {
     pub admin: SocketAddr,
     /// Lines it printed to stderr (collected in the background).
     pub stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Lines it printed to stdout (collected in the background).
+    pub stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl ChildHost {
@@ -266,10 +269,13 @@ impl ChildHost {
             }
         });
         let out = child.stdout.take().unwrap();
+        let stdout = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let printed = stdout.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut gateway = None;
             for line in BufReader::new(out).lines().map_while(Result::ok) {
+                printed.lock().unwrap().push(line.clone());
                 if let Some(addr) = line
                     .strip_prefix("atoll listening on http://")
                     .or_else(|| line.strip_prefix("atoll listening on https://"))
@@ -290,6 +296,7 @@ impl ChildHost {
                 addr: addr.parse()?,
                 admin: admin.parse()?,
                 stderr,
+                stdout,
             }),
             Err(_) => {
                 let _ = child.kill();
@@ -361,4 +368,212 @@ pub async fn follow_ndjson(
         anyhow::Ok(text)
     });
     NdjsonFollow { lines, reader }
+}
+
+/// The gRPC method of OTLP trace export.
+pub const GRPC_TRACES: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+/// The gRPC method of OTLP metrics export.
+pub const GRPC_METRICS: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+
+/// One export request an [`OtlpReceiver`] accepted.
+#[derive(Debug, Clone)]
+pub struct OtlpRequest {
+    /// `/v1/traces`, `/v1/metrics`, [`GRPC_TRACES`] or [`GRPC_METRICS`].
+    pub path: String,
+    /// The protobuf `Export*ServiceRequest`, without gRPC's framing: the
+    /// test decodes it with opentelemetry-proto.
+    pub message: Bytes,
+}
+
+#[derive(Default)]
+struct OtlpReceived {
+    /// Path of every request other than a plain GET, accepted or not.
+    paths: Vec<String>,
+    accepted: Vec<OtlpRequest>,
+    /// (path, `traceparent`) of every plain GET.
+    gets: Vec<(String, String)>,
+}
+
+/// An OTLP collector for tests, on 127.0.0.1:0: http/protobuf (`POST
+/// /v1/traces`, `POST /v1/metrics`) and gRPC over h2c ([`GRPC_TRACES`],
+/// [`GRPC_METRICS`]). It keeps each export request and answers it with
+/// success (an empty `Export*ServiceResponse`, which encodes to no bytes).
+/// A wrong content type or gRPC frame gets 400 and is not kept. Any plain
+/// GET answers `200 ok` and keeps its `traceparent`, so components can
+/// call it as an outbound target.
+pub struct OtlpReceiver {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    got: std::sync::Arc<std::sync::Mutex<OtlpReceived>>,
+}
+
+impl OtlpReceiver {
+    /// Binds and serves until the test ends.
+    pub async fn start() -> OtlpReceiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let got = std::sync::Arc::new(std::sync::Mutex::new(OtlpReceived::default()));
+        let state = got.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let state = state.clone();
+                        async move { Ok::<_, std::convert::Infallible>(otlp_answer(req, &state).await) }
+                    });
+                    // HTTP/1.1 for http/protobuf and plain GETs, h2c for gRPC.
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        OtlpReceiver { addr, got }
+    }
+
+    /// `http://127.0.0.1:port`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The export requests accepted so far, in order.
+    pub fn requests(&self) -> Vec<OtlpRequest> {
+        self.lock().accepted.clone()
+    }
+
+    /// The path of every request other than a plain GET, accepted or not.
+    pub fn paths(&self) -> Vec<String> {
+        self.lock().paths.clone()
+    }
+
+    /// The `traceparent` of each plain GET of `path` (empty when absent).
+    pub fn traceparents(&self, path: &str) -> Vec<String> {
+        self.lock()
+            .gets
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, tp)| tp.clone())
+            .collect()
+    }
+
+    /// Waits (up to 60 s) until `found` picks something from the requests.
+    pub async fn wait_for<T>(&self, what: &str, found: impl Fn(&[OtlpRequest]) -> Option<T>) -> T {
+        for _ in 0..600 {
+            if let Some(t) = found(&self.requests()) {
+                return t;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "the receiver never got {what}; got requests to {:?}",
+            self.paths()
+        );
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, OtlpReceived> {
+        self.got.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A response body: one data frame, then trailers (gRPC's status).
+struct WithTrailers {
+    data: Option<Bytes>,
+    trailers: Option<http::HeaderMap>,
+}
+
+impl hyper::body::Body for WithTrailers {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        if let Some(data) = self.data.take() {
+            return std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(data))));
+        }
+        std::task::Poll::Ready(
+            self.trailers
+                .take()
+                .map(|t| Ok(hyper::body::Frame::trailers(t))),
+        )
+    }
+}
+
+async fn otlp_answer(
+    req: http::Request<hyper::body::Incoming>,
+    state: &std::sync::Mutex<OtlpReceived>,
+) -> http::Response<WithTrailers> {
+    let reply = |status: u16, content_type: &str, data: Bytes, trailers| {
+        let mut res = http::Response::new(WithTrailers {
+            data: Some(data),
+            trailers,
+        });
+        *res.status_mut() = http::StatusCode::from_u16(status).unwrap();
+        if !content_type.is_empty() {
+            res.headers_mut()
+                .insert("content-type", content_type.parse().unwrap());
+        }
+        res
+    };
+    let lock = || state.lock().unwrap_or_else(|e| e.into_inner());
+    let path = req.uri().path().to_string();
+    if req.method() == http::Method::GET {
+        let tp = req
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        lock().gets.push((path, tp));
+        return reply(200, "", Bytes::from_static(b"ok"), None);
+    }
+    let content_type = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return reply(400, "", Bytes::new(), None),
+    };
+    lock().paths.push(path.clone());
+    let accept = |message: Bytes| {
+        lock().accepted.push(OtlpRequest {
+            path: path.clone(),
+            message,
+        })
+    };
+    match path.as_str() {
+        "/v1/traces" | "/v1/metrics" => {
+            if content_type != "application/x-protobuf" {
+                return reply(400, "", Bytes::new(), None);
+            }
+            accept(body);
+            reply(200, "application/x-protobuf", Bytes::new(), None)
+        }
+        GRPC_TRACES | GRPC_METRICS => {
+            // An uncompressed flag, a 4-byte big-endian length, the message.
+            let framed = content_type == "application/grpc"
+                && body.len() >= 5
+                && body[0] == 0
+                && u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize
+                    == body.len() - 5;
+            if !framed {
+                return reply(400, "", Bytes::new(), None);
+            }
+            accept(body.slice(5..));
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", "0".parse().unwrap());
+            // The empty answer, framed.
+            let answer = Bytes::from_static(&[0, 0, 0, 0, 0]);
+            reply(200, "application/grpc", answer, Some(trailers))
+        }
+        _ => reply(404, "", Bytes::new(), None),
+    }
 }

@@ -11,25 +11,13 @@
 //! - Off, nothing is sent; a bad `OTEL_*` value stops the host with its name.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::path::Path;
-use std::pin::Pin;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use atoll_tests::{ChildHost, manifest_file, send_with};
-use bytes::Bytes;
-use http::{HeaderMap, Request, Response, StatusCode};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper::body::{Body, Frame};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use atoll_tests::{ChildHost, GRPC_TRACES, OtlpReceiver, manifest_file, send_with};
+use http::HeaderMap;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use prost::Message as _;
@@ -58,62 +46,40 @@ impl Exported {
     }
 }
 
-/// What the receiver got.
-#[derive(Default)]
-struct Received {
-    /// Export requests, by path.
-    requests: Vec<String>,
-    spans: Vec<Exported>,
-    /// `traceparent` of each GET /downstream.
-    downstream: Vec<String>,
-}
+/// The shared OTLP receiver (http/protobuf and gRPC), which also answers
+/// `GET /downstream` for the components' outbound requests, with the
+/// spans it got decoded.
+struct Receiver(OtlpReceiver);
 
-/// An OTLP receiver (http/protobuf and gRPC) that also answers
-/// `GET /downstream` for the components' outbound requests.
-struct Receiver {
-    addr: SocketAddr,
-    got: Arc<Mutex<Received>>,
-}
-
-const GRPC_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+const GRPC_EXPORT: &str = GRPC_TRACES;
 
 impl Receiver {
     async fn start() -> Receiver {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let got = Arc::new(Mutex::new(Received::default()));
-        let state = got.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let state = state.clone();
-                        async move { Ok::<_, Infallible>(answer(req, &state).await) }
-                    });
-                    // HTTP/1.1 for http/protobuf and outbound requests, h2c for gRPC.
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Receiver { addr, got }
+        Receiver(OtlpReceiver::start().await)
     }
 
     fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.0.url()
     }
 
     fn spans(&self) -> Vec<Exported> {
-        self.got.lock().unwrap().spans.clone()
+        let mut spans = Vec::new();
+        for r in self.0.requests() {
+            if r.path == "/v1/traces" || r.path == GRPC_EXPORT {
+                record(&r.message, &mut spans);
+            }
+        }
+        spans
     }
 
+    /// Export requests, by path.
     fn requests(&self) -> Vec<String> {
-        self.got.lock().unwrap().requests.clone()
+        self.0.paths()
+    }
+
+    /// `traceparent` of each GET /downstream.
+    fn downstream(&self) -> Vec<String> {
+        self.0.traceparents("/downstream")
     }
 
     /// Waits (up to 60 s) until `done` holds for the spans received.
@@ -126,84 +92,6 @@ impl Receiver {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("the receiver never got {what}; got:\n{:#?}", self.spans());
-    }
-}
-
-/// A response body: one data frame, then trailers (gRPC's status).
-struct WithTrailers {
-    data: Option<Bytes>,
-    trailers: Option<HeaderMap>,
-}
-
-impl Body for WithTrailers {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if let Some(data) = self.data.take() {
-            return Poll::Ready(Some(Ok(Frame::data(data))));
-        }
-        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
-    }
-}
-
-async fn answer(req: Request<Incoming>, state: &Mutex<Received>) -> Response<WithTrailers> {
-    let reply = |status: StatusCode, data: Bytes, trailers: Option<HeaderMap>| {
-        let mut res = Response::new(WithTrailers {
-            data: Some(data),
-            trailers,
-        });
-        *res.status_mut() = status;
-        res
-    };
-    let path = req.uri().path().to_string();
-    if path == "/downstream" {
-        let tp = req
-            .headers()
-            .get("traceparent")
-            .map(|v| v.to_str().unwrap().to_string())
-            .unwrap_or_default();
-        state.lock().unwrap().downstream.push(tp);
-        return reply(StatusCode::OK, Bytes::from_static(b"ok"), None);
-    }
-    let content_type = req
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let body = req.into_body().collect().await.unwrap().to_bytes();
-    state.lock().unwrap().requests.push(path.clone());
-    let empty = ExportTraceServiceResponse::default().encode_to_vec();
-    match path.as_str() {
-        "/v1/traces" => {
-            assert_eq!(content_type, "application/x-protobuf");
-            record(&body, state);
-            let mut res = reply(StatusCode::OK, Bytes::from(empty), None);
-            res.headers_mut()
-                .insert("content-type", "application/x-protobuf".parse().unwrap());
-            res
-        }
-        GRPC_EXPORT => {
-            assert_eq!(content_type, "application/grpc");
-            // Uncompressed flag, 4-byte length, the message.
-            assert_eq!(body[0], 0, "compressed gRPC message");
-            let len = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;
-            assert_eq!(len, body.len() - 5);
-            record(&body[5..], state);
-            let mut framed = vec![0];
-            framed.extend_from_slice(&(empty.len() as u32).to_be_bytes());
-            framed.extend_from_slice(&empty);
-            let mut trailers = HeaderMap::new();
-            trailers.insert("grpc-status", "0".parse().unwrap());
-            let mut res = reply(StatusCode::OK, Bytes::from(framed), Some(trailers));
-            res.headers_mut()
-                .insert("content-type", "application/grpc".parse().unwrap());
-            res
-        }
-        _ => reply(StatusCode::NOT_FOUND, Bytes::new(), None),
     }
 }
 
@@ -221,9 +109,8 @@ fn text(v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> String 
     }
 }
 
-fn record(body: &[u8], state: &Mutex<Received>) {
+fn record(body: &[u8], spans: &mut Vec<Exported>) {
     let request = ExportTraceServiceRequest::decode(body).expect("an ExportTraceServiceRequest");
-    let mut got = state.lock().unwrap();
     for rs in request.resource_spans {
         let service = rs
             .resource
@@ -234,7 +121,7 @@ fn record(body: &[u8], state: &Mutex<Received>) {
             .unwrap_or_default();
         for ss in rs.scope_spans {
             for span in ss.spans {
-                got.spans.push(Exported {
+                spans.push(Exported {
                     service: service.clone(),
                     name: span.name.clone(),
                     trace: hex(&span.trace_id),
@@ -406,7 +293,7 @@ async fn one_request_is_one_connected_trace_across_call_kv_publish_delivery_and_
     assert_eq!(deliver.links, vec![(trace.clone(), publish.id.clone())]);
     assert_eq!(sink_kv.parent, deliver.id);
     // The outbound request carried the outbound span's context.
-    let downstream = receiver.got.lock().unwrap().downstream.clone();
+    let downstream = receiver.downstream();
     assert_eq!(downstream, vec![format!("00-{trace}-{}-01", outbound.id)]);
 
     // Attributes, kinds and the resource.
@@ -573,14 +460,10 @@ async fn off_nothing_is_sent_and_sample_ratio_zero_sends_nothing_new() {
     }
     let log = stop(host).await;
     {
-        let got = receiver.got.lock().unwrap();
-        assert_eq!(got.requests.len(), 0, "{:?}", got.requests);
-        assert_eq!(got.downstream.len(), 3);
-        assert!(
-            got.downstream.iter().all(String::is_empty),
-            "{:?}",
-            got.downstream
-        );
+        let (requests, downstream) = (receiver.requests(), receiver.downstream());
+        assert_eq!(requests.len(), 0, "{requests:?}");
+        assert_eq!(downstream.len(), 3);
+        assert!(downstream.iter().all(String::is_empty), "{downstream:?}");
     }
     assert!(!log.iter().any(|l| l.contains("trace export")), "{log:#?}");
 
@@ -598,10 +481,11 @@ async fn off_nothing_is_sent_and_sample_ratio_zero_sends_nothing_new() {
     let (trace, _, flags) = traceparent(&r.headers);
     assert_eq!(flags, "00");
     stop(host).await;
-    let got = receiver.got.lock().unwrap();
-    assert_eq!(got.spans.len(), 0, "{:#?}", got.spans);
+    let spans = receiver.spans();
+    assert_eq!(spans.len(), 0, "{spans:#?}");
     // The outbound request still carried the (unsampled) trace.
-    let last = got.downstream.last().unwrap();
+    let downstream = receiver.downstream();
+    let last = downstream.last().unwrap();
     assert!(
         last.starts_with(&format!("00-{trace}-")) && last.ends_with("-00"),
         "{last}"

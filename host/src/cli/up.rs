@@ -83,6 +83,9 @@ impl Up {
             if let Some(e) = &exporter {
                 println!("atoll traces to {}", e.describe());
             }
+            if let Some(m) = host.metrics_push() {
+                println!("atoll metrics to {}", m.describe());
+            }
             for r in routes.iter().chain(&topics) {
                 println!("{r}");
             }

@@ -22,7 +22,9 @@ pub use edge::{
     HealthCheckSpec, KeySource, OutlierSpec, RateKey, RateLimitSpec, RouteSpec, RouteTarget,
     StaticSpec, Strategy, TlsSpec, UpstreamSpec,
 };
-pub use telemetry::{OTEL_ENV, OtlpExport, OtlpProtocol, TelemetrySpec};
+pub use telemetry::{
+    MetricsPush, OTEL_ENV, OTEL_METRICS_ENV, OtlpExport, OtlpProtocol, TelemetrySpec,
+};
 pub use units::{ByteSize, parse_duration, parse_size};
 
 /// Default listen address of the gateway.
@@ -46,7 +48,7 @@ pub struct Manifest {
     /// The edge gateway: limits, TLS, call log, auth providers, upstreams,
     /// and every route with its target and policy.
     pub edge: Edge,
-    /// `[telemetry]`: OTLP trace export.
+    /// `[telemetry]`: OTLP trace export and metrics push.
     pub telemetry: TelemetrySpec,
 }
 

@@ -11,6 +11,8 @@
 pub mod logs;
 pub mod metrics;
 pub mod otlp;
+pub mod push;
+pub mod transport;
 
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::EnvFilter;

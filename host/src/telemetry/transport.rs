@@ -91,24 +91,20 @@ impl Transport {
     /// and waits at most [`EXPORT_TIMEOUT`] for the collector's answer. Must
     /// run on a tokio runtime. The error says what went wrong, for a log line.
     pub async fn send(&self, message: &impl prost::Message) -> Result<(), String> {
-        let len = message.encoded_len();
+        self.send_encoded(message.encode_to_vec()).await
+    }
+
+    /// [`Transport::send`] for a message already encoded as protobuf.
+    pub async fn send_encoded(&self, message: Vec<u8>) -> Result<(), String> {
         let (body, content_type) = match self.protocol {
-            OtlpProtocol::HttpProtobuf => {
-                let mut body = Vec::with_capacity(len);
-                message
-                    .encode(&mut body)
-                    .map_err(|e| format!("encoding: {e}"))?;
-                (body, "application/x-protobuf")
-            }
+            OtlpProtocol::HttpProtobuf => (message, "application/x-protobuf"),
             OtlpProtocol::Grpc => {
                 // A gRPC message: uncompressed flag, 4-byte big-endian length,
                 // protobuf.
-                let mut body = Vec::with_capacity(5 + len);
+                let mut body = Vec::with_capacity(5 + message.len());
                 body.push(0);
-                body.extend_from_slice(&(len as u32).to_be_bytes());
-                message
-                    .encode(&mut body)
-                    .map_err(|e| format!("encoding: {e}"))?;
+                body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+                body.extend_from_slice(&message);
                 (body, "application/grpc")
             }
         };

@@ -346,6 +346,10 @@ routes = ["/log/..."]
 [components.other]
 source = "{logger}"
 routes = ["/other"]
+
+[components.trap]
+source = "{trap}"
+routes = ["/trap"]
 "#,
     );
     let host = ChildHost::spawn(bin(), &manifest, &["--log-format", "json"]).unwrap();
@@ -448,6 +452,35 @@ routes = ["/other"]
         "{}",
         refused.message
     );
+
+    // A host event during a request carries the request's trace id (the
+    // trap's warning is logged by the host, with no trace field of its own).
+    let r = send_with(
+        "GET",
+        &host.url("/trap?panic"),
+        &[("traceparent", TRACEPARENT)],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 500);
+    let (code, out, err) = atoll_logs(
+        &manifest,
+        &["--app", "--source", "host", "--component", "trap", "--json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let trapped: Vec<LogRecord> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!trapped.is_empty(), "no host event for the trap: {out}");
+    for record in &trapped {
+        assert_eq!(
+            record.trace_id.map(|t| t.to_string()).as_deref(),
+            Some(TRACE),
+            "{record:?}"
+        );
+    }
 
     // The JSON log output carries component, version and trace id on guest lines.
     let stderr = host.stderr.lock().unwrap().clone();

@@ -335,10 +335,16 @@ impl Subscription {
         // (calls, messages) continues from the delivery.
         crate::telemetry::otlp::adopt_remote(&span, traceparent.as_deref());
         let traceparent = crate::telemetry::otlp::traceparent_of(&span).or(traceparent);
-        let (verdict, staged, kv_dirty) = self
-            .invoke(&rt, message, attempt.started, traceparent)
-            .instrument(span.clone())
-            .await;
+        // Host events logged while it runs carry the message's trace id.
+        let trace = traceparent
+            .as_deref()
+            .and_then(crate::telemetry::logs::TraceId::from_traceparent);
+        let (verdict, staged, kv_dirty) = crate::telemetry::logs::in_trace(
+            trace,
+            self.invoke(&rt, message, attempt.started, traceparent),
+        )
+        .instrument(span.clone())
+        .await;
         if !span.is_disabled() {
             let outcome = match &verdict {
                 Verdict::Ack => "ack",

@@ -226,7 +226,15 @@ where
     if !traced.is_disabled() {
         store.data_mut().trace_version(&rt.grants);
     }
-    let invocation = async move {
+    // Host events logged while it runs carry the request's trace id, also
+    // when the invocation continues as its own task.
+    let trace = store
+        .data_mut()
+        .bus_mut()
+        .traceparent
+        .as_deref()
+        .and_then(crate::telemetry::logs::TraceId::from_traceparent);
+    let invocation = crate::telemetry::logs::in_trace(trace, async move {
             let _permit = permit;
             let rt = runtime;
             let _in_flight = rt.stats.enter();
@@ -279,7 +287,7 @@ where
             }
             drop(store);
             Outcome { result, durable }
-        }
+        })
         .instrument(span);
 
     // Fast path: poll the invocation once, right here. Most guests set

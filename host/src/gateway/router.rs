@@ -378,10 +378,12 @@ impl Gateway {
         });
         let watch = Arc::new(BodyWatch::default());
         let mut exchange = Exchange::default();
-        let mut res = self
-            .route(req, peer, &watch, &mut exchange)
-            .instrument(span.clone())
-            .await;
+        // Host events logged on its way carry the request's trace id.
+        let in_trace = crate::telemetry::logs::in_trace(
+            Some(crate::telemetry::logs::TraceId(trace.trace_id)),
+            self.route(req, peer, &watch, &mut exchange),
+        );
+        let mut res = in_trace.instrument(span.clone()).await;
         span.record("status", res.status().as_u16());
         if res.status().is_server_error() {
             span.record("otel.status_code", "error");

@@ -904,19 +904,21 @@ mod tests {
         assert_eq!(req.resource_spans.len(), 1);
         let rs = &req.resource_spans[0];
         let resource = rs.resource.as_ref().unwrap();
-        let service = resource.attributes.iter().find(|kv| kv.key == "service.name");
+        let service = resource
+            .attributes
+            .iter()
+            .find(|kv| kv.key == "service.name");
         assert_eq!(
-            service.and_then(|kv| kv.value.clone()).and_then(|v| v.value),
+            service
+                .and_then(|kv| kv.value.clone())
+                .and_then(|v| v.value),
             Some(any_value::Value::StringValue("shop".into()))
         );
         let ss = &rs.scope_spans[0];
         assert_eq!(ss.scope.as_ref().unwrap().name, "atoll");
         assert_eq!(ss.spans.len(), 2);
         let (root, child) = (&ss.spans[0], &ss.spans[1]);
-        assert_eq!(
-            root.trace_id,
-            hex_bytes("4bf92f3577b34da6a3ce929d0e0e4736")
-        );
+        assert_eq!(root.trace_id, hex_bytes("4bf92f3577b34da6a3ce929d0e0e4736"));
         assert_eq!(root.span_id, hex_bytes("00f067aa0ba902b7"));
         assert!(root.parent_span_id.is_empty());
         assert_eq!(root.flags, 1);
@@ -934,7 +936,10 @@ mod tests {
         assert_eq!(
             values,
             vec![
-                ("path".into(), Some(any_value::Value::StringValue("/hello".into()))),
+                (
+                    "path".into(),
+                    Some(any_value::Value::StringValue("/hello".into()))
+                ),
                 ("status".into(), Some(any_value::Value::IntValue(200))),
                 ("big".into(), Some(any_value::Value::IntValue(-5))),
                 ("ratio".into(), Some(any_value::Value::DoubleValue(0.25))),

@@ -217,8 +217,8 @@ where
     let name = rt.name.clone();
     let span = tracing::debug_span!(
         "component.invoke",
-        component = %rt.name,
-        version = %rt.version,
+        component = &*rt.name,
+        version = &*rt.grants.version,
         instantiate_us = tracing::field::Empty,
         "otel.status_code" = tracing::field::Empty,
     );

@@ -339,8 +339,8 @@ impl Gateway {
         let span = tracing::debug_span!(
             "gateway.request",
             "otel.kind" = "server",
-            method = %req.method(),
-            path = %req.uri().path(),
+            method = req.method().as_str(),
+            path = req.uri().path(),
             trace_id = tracing::field::Empty,
             route = tracing::field::Empty,
             component = tracing::field::Empty,

@@ -221,7 +221,7 @@ impl TraceId {
         let _version = parts.next()?;
         let id = parts.next()?;
         parts.next()?;
-        TraceId::from_hex(&id.to_ascii_lowercase())
+        TraceId::from_hex(id)
     }
 }
 

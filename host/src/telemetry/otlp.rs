@@ -664,9 +664,15 @@ mod wire {
 
     /// A length-delimited field: key, length, bytes.
     pub(super) fn bytes(tag: u32, data: &[u8], out: &mut Vec<u8>) {
-        encode_key(tag, WireType::LengthDelimited, out);
-        encode_varint(data.len() as u64, out);
+        head(tag, data.len(), out);
         out.extend_from_slice(data);
+    }
+
+    /// The key and length of a length-delimited field whose `len` bytes
+    /// follow.
+    pub(super) fn head(tag: u32, len: usize, out: &mut Vec<u8>) {
+        encode_key(tag, WireType::LengthDelimited, out);
+        encode_varint(len as u64, out);
     }
 
     fn varint(tag: u32, value: u64, out: &mut Vec<u8>) {
@@ -686,7 +692,7 @@ mod wire {
 
     /// The length of a length-delimited field holding `len` bytes (tags
     /// here are all below 16: one key byte).
-    fn field_len(len: usize) -> usize {
+    pub(super) fn field_len(len: usize) -> usize {
         1 + encoded_len_varint(len as u64) + len
     }
 
@@ -823,17 +829,16 @@ fn encode(batch: &[Rec], header: &Header) -> Vec<u8> {
         wire::bytes(2, &one, &mut spans);
     }
     // ScopeSpans { scope = 1, spans = 2 } inside ResourceSpans { resource =
-    // 1, scope_spans = 2 } inside the request { resource_spans = 1 }.
-    let mut scope_spans = Vec::with_capacity(spans.len() + header.scope.len() + 8);
-    wire::bytes(1, &header.scope, &mut scope_spans);
-    scope_spans.extend_from_slice(&spans);
-    drop(spans);
-    let mut resource_spans = Vec::with_capacity(scope_spans.len() + header.resource.len() + 16);
-    wire::bytes(1, &header.resource, &mut resource_spans);
-    wire::bytes(2, &scope_spans, &mut resource_spans);
-    drop(scope_spans);
-    let mut request = Vec::with_capacity(resource_spans.len() + 8);
-    wire::bytes(1, &resource_spans, &mut request);
+    // 1, scope_spans = 2 } inside the request { resource_spans = 1 }: the
+    // lengths are known now, so the spans are copied once, after the heads.
+    let scope_spans = wire::field_len(header.scope.len()) + spans.len();
+    let resource_spans = wire::field_len(header.resource.len()) + wire::field_len(scope_spans);
+    let mut request = Vec::with_capacity(wire::field_len(resource_spans));
+    wire::head(1, resource_spans, &mut request);
+    wire::bytes(1, &header.resource, &mut request);
+    wire::head(2, scope_spans, &mut request);
+    wire::bytes(1, &header.scope, &mut request);
+    request.extend_from_slice(&spans);
     request
 }
 

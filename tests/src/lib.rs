@@ -310,6 +310,48 @@ impl ChildHost {
     }
 
     /// The base URL.
+    /// Runs `atoll up` with `env` on top of an environment where every
+    /// OpenTelemetry variable the host reads is blank (empty counts as
+    /// unset), off the async workers: each host is exactly its manifest and
+    /// `env`.
+    pub async fn spawn_otel(bin: &Path, manifest: &Path, env: &[(&str, &str)]) -> ChildHost {
+        let (bin, manifest) = (bin.to_path_buf(), manifest.to_path_buf());
+        let mut vars: Vec<(String, String)> = atoll::config::OTEL_ENV
+            .iter()
+            .chain(atoll::config::OTEL_METRICS_ENV)
+            .chain(&["OTEL_BSP_SCHEDULE_DELAY"])
+            .map(|k| (k.to_string(), String::new()))
+            .collect();
+        for (k, v) in env {
+            vars.retain(|(name, _)| name != k);
+            vars.push((k.to_string(), v.to_string()));
+        }
+        tokio::task::spawn_blocking(move || {
+            let env: Vec<(&str, &Path)> = vars
+                .iter()
+                .map(|(k, v)| (k.as_str(), Path::new(v.as_str())))
+                .collect();
+            ChildHost::spawn_in(&bin, Path::new("."), &manifest, &[], &env).unwrap()
+        })
+        .await
+        .unwrap()
+    }
+
+    /// SIGTERM, and wait (up to 60 s) for a clean exit; returns its stderr.
+    pub async fn stop(mut self) -> Vec<String> {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(status.success());
+        for _ in 0..600 {
+            if let Some(code) = self.child.try_wait().unwrap() {
+                assert!(code.success(), "atoll exited with {code}");
+                return self.stderr.lock().unwrap().clone();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("atoll did not stop after SIGTERM");
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }

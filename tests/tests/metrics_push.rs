@@ -349,45 +349,6 @@ routes = ["/trap"]
     h.stop().await;
 }
 
-/// Runs `atoll up` with `env` on top of an environment without OTEL_*
-/// variables (empty counts as unset), off the async workers.
-async fn spawn(manifest: &Path, env: &[(&str, &str)]) -> ChildHost {
-    let manifest = manifest.to_path_buf();
-    let mut vars: Vec<(String, String)> = atoll::config::OTEL_ENV
-        .iter()
-        .chain(atoll::config::OTEL_METRICS_ENV)
-        .map(|k| (k.to_string(), String::new()))
-        .collect();
-    for (k, v) in env {
-        vars.retain(|(name, _)| name != k);
-        vars.push((k.to_string(), v.to_string()));
-    }
-    tokio::task::spawn_blocking(move || {
-        let env: Vec<(&str, &Path)> = vars
-            .iter()
-            .map(|(k, v)| (k.as_str(), Path::new(v.as_str())))
-            .collect();
-        ChildHost::spawn_in(bin(), Path::new("."), &manifest, &[], &env).unwrap()
-    })
-    .await
-    .unwrap()
-}
-
-/// SIGTERM, and wait (up to 60 s) for a clean exit; returns its stderr.
-async fn stop(mut host: ChildHost) -> Vec<String> {
-    let pid = host.child.id().to_string();
-    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(status.success());
-    for _ in 0..600 {
-        if let Some(code) = host.child.try_wait().unwrap() {
-            assert!(code.success(), "atoll exited with {code}");
-            return host.stderr.lock().unwrap().clone();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("atoll did not stop after SIGTERM");
-}
-
 /// Waits (up to 10 s) for `atoll up` to print its startup lines, and
 /// returns them.
 async fn startup_lines(host: &ChildHost) -> Vec<String> {
@@ -414,7 +375,8 @@ async fn grpc_push_from_the_environment_sends_the_last_requests_at_shutdown() {
     let (_dir, manifest) = manifest_file(HELLO);
     let url = receiver.url();
     // One push an hour: only the one at shutdown arrives.
-    let host = spawn(
+    let host = ChildHost::spawn_otel(
+        bin(),
         &manifest,
         &[
             ("OTEL_METRICS_EXPORTER", "otlp"),
@@ -441,7 +403,7 @@ async fn grpc_push_from_the_environment_sends_the_last_requests_at_shutdown() {
     let scrape = scrape(host.admin).await;
     assert!(receiver.paths().is_empty(), "pushed before shutdown");
 
-    let log = stop(host).await;
+    let log = host.stop().await;
     assert_eq!(receiver.paths(), [GRPC_METRICS]);
     let pushed = pushes(&receiver).pop().unwrap();
     let labels = r#"component="hello",version="1.0.0",role="active""#;
@@ -468,7 +430,8 @@ async fn nothing_is_pushed_unless_asked() {
     // the metrics push: the traces arrive, no metrics do.
     let (_dir, manifest) =
         manifest_file(&format!("[telemetry]\notlp_endpoint = \"{url}\"\n{HELLO}"));
-    let host = spawn(
+    let host = ChildHost::spawn_otel(
+        bin(),
         &manifest,
         &[
             ("OTEL_METRIC_EXPORT_INTERVAL", "1000"),
@@ -482,7 +445,7 @@ async fn nothing_is_pushed_unless_asked() {
         "{lines:#?}"
     );
     assert_eq!(get(&host.url("/hello")).await.status, 200);
-    stop(host).await;
+    host.stop().await;
     let paths = receiver.paths();
     assert!(paths.contains(&"/v1/traces".to_string()), "{paths:?}");
     assert!(paths.iter().all(|p| p == "/v1/traces"), "{paths:?}");
@@ -491,7 +454,8 @@ async fn nothing_is_pushed_unless_asked() {
     let receiver = OtlpReceiver::start().await;
     let url = receiver.url();
     let (_dir, manifest) = manifest_file(HELLO);
-    let host = spawn(
+    let host = ChildHost::spawn_otel(
+        bin(),
         &manifest,
         &[
             ("OTEL_METRICS_EXPORTER", "otlp"),
@@ -502,7 +466,7 @@ async fn nothing_is_pushed_unless_asked() {
     )
     .await;
     assert_eq!(get(&host.url("/hello")).await.status, 200);
-    let log = stop(host).await;
+    let log = host.stop().await;
     assert!(receiver.paths().is_empty(), "{:?}", receiver.paths());
     assert!(!log.iter().any(|l| l.contains("metrics push")), "{log:#?}");
 }
@@ -515,7 +479,8 @@ async fn a_collector_that_is_down_is_logged_once_and_costs_no_request() {
     drop(closed);
     let (_dir, manifest) =
         manifest_file(&format!("[telemetry]\nmetrics_interval = \"1s\"\n{HELLO}"));
-    let host = spawn(
+    let host = ChildHost::spawn_otel(
+        bin(),
         &manifest,
         &[("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", url.as_str())],
     )
@@ -537,7 +502,7 @@ async fn a_collector_that_is_down_is_logged_once_and_costs_no_request() {
     let first = first.expect("no failed push was logged");
     // The final push fails too, and is counted, not logged again (unless a
     // minute went by).
-    let log = stop(host).await;
+    let log = host.stop().await;
     if first.elapsed() < Duration::from_secs(50) {
         assert_eq!(failed(&log), 1, "{log:#?}");
     }

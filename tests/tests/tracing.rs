@@ -152,45 +152,6 @@ fn traceparent(headers: &HeaderMap) -> (String, String, String) {
     (parts[1].into(), parts[2].into(), parts[3].into())
 }
 
-/// Runs `atoll up` with `env` on top of an environment without OTEL_*
-/// variables (empty counts as unset), off the async workers.
-async fn spawn(manifest: &Path, env: &[(&str, &str)]) -> ChildHost {
-    let manifest = manifest.to_path_buf();
-    let mut vars: Vec<(String, String)> = atoll::config::OTEL_ENV
-        .iter()
-        .chain(&["OTEL_BSP_SCHEDULE_DELAY"])
-        .map(|k| (k.to_string(), String::new()))
-        .collect();
-    for (k, v) in env {
-        vars.retain(|(name, _)| name != k);
-        vars.push((k.to_string(), v.to_string()));
-    }
-    tokio::task::spawn_blocking(move || {
-        let env: Vec<(&str, &Path)> = vars
-            .iter()
-            .map(|(k, v)| (k.as_str(), Path::new(v.as_str())))
-            .collect();
-        ChildHost::spawn_in(bin(), Path::new("."), &manifest, &[], &env).unwrap()
-    })
-    .await
-    .unwrap()
-}
-
-/// SIGTERM, and wait (up to 60 s) for a clean exit.
-async fn stop(mut host: ChildHost) -> Vec<String> {
-    let pid = host.child.id().to_string();
-    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(status.success());
-    for _ in 0..600 {
-        if let Some(code) = host.child.try_wait().unwrap() {
-            assert!(code.success(), "atoll exited with {code}");
-            return host.stderr.lock().unwrap().clone();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("atoll did not stop after SIGTERM");
-}
-
 const CHAIN: &str = r#"
 [topics.orders]
 
@@ -224,7 +185,7 @@ async fn one_request_is_one_connected_trace_across_call_kv_publish_delivery_and_
         url = receiver.url(),
     );
     let (_dir, manifest) = manifest_file(&toml);
-    let host = spawn(&manifest, &[("OTEL_BSP_SCHEDULE_DELAY", "100")]).await;
+    let host = ChildHost::spawn_otel(bin(), &manifest, &[("OTEL_BSP_SCHEDULE_DELAY", "100")]).await;
 
     let r = send_with("GET", &host.url("/order?item=book"), &[], "")
         .await
@@ -359,7 +320,7 @@ async fn one_request_is_one_connected_trace_across_call_kv_publish_delivery_and_
         "{:?}",
         receiver.requests()
     );
-    let log = stop(host).await;
+    let log = host.stop().await;
     assert!(
         log.iter().any(|l| l.contains("trace export flushed")),
         "{log:#?}"
@@ -379,7 +340,8 @@ routes = ["/hello"]
     let url = receiver.url();
     // Export only from the environment; batches would wait 10 minutes, so
     // only the shutdown sends them.
-    let host = spawn(
+    let host = ChildHost::spawn_otel(
+        bin(),
         &manifest,
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", url.as_str()),
@@ -402,7 +364,7 @@ routes = ["/hello"]
     assert_ne!(span, "00f067aa0ba902b7");
     assert!(receiver.requests().is_empty(), "sent before shutdown");
 
-    stop(host).await;
+    host.stop().await;
     let spans = receiver.spans();
     assert!(!receiver.requests().is_empty());
     assert!(receiver.requests().iter().all(|p| p == GRPC_EXPORT));
@@ -440,7 +402,8 @@ async fn off_nothing_is_sent_and_sample_ratio_zero_sends_nothing_new() {
         "[telemetry]\nservice_name = \"quiet\"\n{}",
         CHAIN.replace("RECEIVER", &url)
     ));
-    let host = spawn(
+    let host = ChildHost::spawn_otel(
+        bin(),
         &manifest,
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", url.as_str()),
@@ -458,7 +421,7 @@ async fn off_nothing_is_sent_and_sample_ratio_zero_sends_nothing_new() {
         let (trace, _, _) = traceparent(&r.headers);
         assert_eq!(trace.len(), 32);
     }
-    let log = stop(host).await;
+    let log = host.stop().await;
     {
         let (requests, downstream) = (receiver.requests(), receiver.downstream());
         assert_eq!(requests.len(), 0, "{requests:?}");
@@ -473,14 +436,14 @@ async fn off_nothing_is_sent_and_sample_ratio_zero_sends_nothing_new() {
         "[telemetry]\notlp_endpoint = \"{url}\"\nsample_ratio = 0\n{}",
         CHAIN.replace("RECEIVER", &url)
     ));
-    let host = spawn(&manifest, &[("OTEL_BSP_SCHEDULE_DELAY", "100")]).await;
+    let host = ChildHost::spawn_otel(bin(), &manifest, &[("OTEL_BSP_SCHEDULE_DELAY", "100")]).await;
     let r = send_with("GET", &host.url("/order?item=pen"), &[], "")
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
     let (trace, _, flags) = traceparent(&r.headers);
     assert_eq!(flags, "00");
-    stop(host).await;
+    host.stop().await;
     let spans = receiver.spans();
     assert_eq!(spans.len(), 0, "{spans:#?}");
     // The outbound request still carried the (unsampled) trace.

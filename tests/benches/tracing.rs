@@ -148,17 +148,26 @@ fn main() -> anyhow::Result<()> {
     );
 
     let mut results: Vec<Vec<LoadResult>> = hosts.iter().map(|_| Vec::new()).collect();
+    // The host's own CPU time per request, from /proc: steadier than
+    // throughput on a shared VM, where a neighbour's burst moves req/s.
+    let mut cpu: Vec<Vec<f64>> = hosts.iter().map(|_| Vec::new()).collect();
     for round in 0..rounds {
         for i in 0..hosts.len() {
             let i = (i + round) % hosts.len();
             let (name, host, _) = &hosts[i];
             let addr = host.addr;
+            let before = cpu_seconds(host.child.id());
             let r = run_load(
                 addr,
                 load,
                 StatusCode::OK,
                 Arc::new(move |_, _| common::get(addr, "/hello")),
             );
+            let used = cpu_seconds(host.child.id()) - before;
+            // The warm-up's requests are not counted: assume its rate.
+            let requests = r.ok as f64 * (load.warmup + load.duration).as_secs_f64()
+                / load.duration.as_secs_f64();
+            cpu[i].push(used / requests.max(1.0) * 1e6);
             r.warn(name);
             results[i].push(r);
         }
@@ -231,6 +240,22 @@ fn main() -> anyhow::Result<()> {
         .collect();
     drift.sort_by(f64::total_cmp);
     let noise = drift[drift.len() / 2];
+    // CPU per request: the median per round, against the mean of the two
+    // off hosts' medians.
+    let cpu_median = |i: usize| {
+        let mut v = cpu[i].clone();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let cpu_off = (cpu_median(0) + cpu_median(1)) / 2.0;
+    println!("\nhost CPU per request (median over rounds; warm-up counted at the measured rate):");
+    for (i, (name, ..)) in hosts.iter().enumerate() {
+        println!(
+            "  {name}: {:.1} µs ({:+.1}% vs off)",
+            cpu_median(i),
+            (cpu_median(i) / cpu_off - 1.0) * 100.0
+        );
+    }
     let unsampled = cost(2);
     let tenth = cost(3);
     let on = cost(4);
@@ -277,4 +302,31 @@ fn main() -> anyhow::Result<()> {
         println!("exporting host: {line}");
     }
     Ok(())
+}
+
+/// User plus system CPU seconds `pid` has used, from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which may hold spaces) in parens.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime: fields 14 and 15 of the line, 11 and 12 (from 0) after ')'.
+    (ticks(11) + ticks(12)) / clock_ticks()
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux).
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
 }

@@ -125,6 +125,9 @@ impl Exporter {
 /// export task takes whole batches.
 struct Queue {
     spans: Mutex<Vec<Rec>>,
+    /// The last batch's buffer, emptied, to take the next batch in (so the
+    /// queue is not reallocated for every batch).
+    spare: Mutex<Vec<Rec>>,
     wake: tokio::sync::Notify,
     closed: AtomicBool,
 }
@@ -157,12 +160,20 @@ impl Queue {
 
     /// Up to [`MAX_BATCH`] of the oldest spans.
     fn take_batch(&self) -> Vec<Rec> {
+        let mut batch = std::mem::take(&mut *self.spare.lock().unwrap_or_else(|e| e.into_inner()));
         let mut spans = self.spans.lock().unwrap_or_else(|e| e.into_inner());
         if spans.len() <= MAX_BATCH {
-            std::mem::take(&mut *spans)
+            std::mem::swap(&mut *spans, &mut batch);
         } else {
-            spans.drain(..MAX_BATCH).collect()
+            batch.extend(spans.drain(..MAX_BATCH));
         }
+        batch
+    }
+
+    /// Gives back a batch's buffer once its spans are sent.
+    fn give_back(&self, mut batch: Vec<Rec>) {
+        batch.clear();
+        *self.spare.lock().unwrap_or_else(|e| e.into_inner()) = batch;
     }
 }
 
@@ -184,7 +195,12 @@ fn once_a_minute(last: &AtomicU64) -> bool {
 
 /// Exports what the queue holds: a batch when [`MAX_BATCH`] spans are
 /// waiting, else every `delay`; everything once the queue is closed.
-async fn export_loop(queue: Arc<Queue>, transport: Transport, header: Header, delay: Duration) {
+async fn export_loop(
+    queue: Arc<Queue>,
+    transport: Transport,
+    mut encoder: Encoder,
+    delay: Duration,
+) {
     loop {
         tokio::select! {
             _ = queue.wake.notified() => {}
@@ -198,8 +214,8 @@ async fn export_loop(queue: Arc<Queue>, transport: Transport, header: Header, de
             }
             let more = batch.len() == MAX_BATCH;
             let n = batch.len() as u64;
-            let body = encode(&batch, &header);
-            drop(batch);
+            let body = encoder.encode(&batch);
+            queue.give_back(batch);
             match transport.send_encoded(body).await {
                 Ok(()) => stats().exported.fetch_add(n, Ordering::Relaxed),
                 Err(e) => {
@@ -230,14 +246,15 @@ pub(super) fn provider(
         .ok()
         .and_then(|v| v.trim().parse().ok())
         .map_or(SCHEDULE_DELAY, Duration::from_millis);
-    let header = Header::new(&export.service_name);
+    let encoder = Encoder::new(&export.service_name);
     let queue = Arc::new(Queue {
         spans: Mutex::new(Vec::new()),
+        spare: Mutex::new(Vec::new()),
         wake: tokio::sync::Notify::new(),
         closed: AtomicBool::new(false),
     });
     let transport = Transport::new(&export.url, export.protocol, Signal::Traces)?;
-    let task = runtime.spawn(export_loop(queue.clone(), transport, header, delay));
+    let task = runtime.spawn(export_loop(queue.clone(), transport, encoder, delay));
     // The SDK's TraceIdRatioBased: compare the id's low 63 bits.
     let bound = if export.sample_ratio >= 1.0 {
         u64::MAX
@@ -284,27 +301,64 @@ struct Rec {
     kind: proto::span::SpanKind,
     start: u64,
     end: u64,
-    fields: Vec<(&'static str, Value)>,
-    dropped_fields: u32,
+    attrs: Attrs,
     status: proto::status::StatusCode,
     events: Vec<Event>,
     dropped_events: u32,
     links: Vec<(u128, u64, bool)>,
 }
 
-/// A field's value, as the span recorded it.
+/// A span's or event's fields. The text of every string value is kept in
+/// one buffer (allocations on the request path were most of what recording
+/// cost: one per string, then freed on the export task's thread).
+#[derive(Default)]
+struct Attrs {
+    list: Vec<(&'static str, Value)>,
+    text: String,
+    dropped: u32,
+}
+
+/// A field's value, as the span recorded it; a string is a range of
+/// [`Attrs::text`].
+#[derive(Clone, Copy)]
 enum Value {
-    Str(String),
+    Str(u32, u32),
     I64(i64),
     F64(f64),
     Bool(bool),
+}
+
+impl Attrs {
+    /// The text of a string value.
+    fn str(&self, start: u32, end: u32) -> &str {
+        self.text.get(start as usize..end as usize).unwrap_or("")
+    }
+
+    /// Sets `name` (a field recorded again, such as a status filled in
+    /// late, replaces itself).
+    fn put(&mut self, name: &'static str, value: Value) {
+        if let Some(slot) = self.list.iter_mut().find(|(k, _)| *k == name) {
+            slot.1 = value;
+        } else if self.list.len() < MAX_FIELDS {
+            self.list.push((name, value));
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    /// Sets `name` to a string.
+    fn put_str(&mut self, name: &'static str, text: &str) {
+        let start = self.text.len() as u32;
+        self.text.push_str(text);
+        self.put(name, Value::Str(start, self.text.len() as u32));
+    }
 }
 
 /// A log event inside a sampled span (the host's warnings and errors).
 struct Event {
     time: u64,
     name: String,
-    fields: Vec<(&'static str, Value)>,
+    attrs: Attrs,
 }
 
 fn now_nanos() -> u64 {
@@ -337,24 +391,26 @@ fn sample(trace: u128) -> bool {
     bound == u64::MAX || ((trace as u64) >> 1) < bound
 }
 
-/// Records span fields into a [`Rec`]; `otel.kind` and `otel.status_code`
-/// set the span's kind and status rather than becoming attributes.
+/// Records span fields into [`Attrs`]; `otel.kind` and `otel.status_code`
+/// set the span's kind and status, and an event's `message` its name,
+/// rather than becoming attributes.
 struct Fields<'a> {
-    fields: &'a mut Vec<(&'static str, Value)>,
-    dropped: &'a mut u32,
+    attrs: &'a mut Attrs,
     kind: Option<&'a mut proto::span::SpanKind>,
     status: Option<&'a mut proto::status::StatusCode>,
-    /// An event's `message`, which names the event.
     message: Option<&'a mut String>,
 }
 
 impl Fields<'_> {
-    fn put(&mut self, field: &Field, value: Value) {
-        let name = field.name();
-        match (name, &value) {
-            ("otel.kind", Value::Str(kind)) => {
+    /// A string value, written by `write` at the end of the text buffer.
+    fn put_text(&mut self, field: &Field, write: impl FnOnce(&mut String)) {
+        let start = self.attrs.text.len();
+        write(&mut self.attrs.text);
+        let text = &self.attrs.text[start..];
+        let taken = match field.name() {
+            "otel.kind" => {
                 if let Some(k) = self.kind.as_deref_mut() {
-                    *k = match kind.as_str() {
+                    *k = match text {
                         "server" => proto::span::SpanKind::Server,
                         "client" => proto::span::SpanKind::Client,
                         "producer" => proto::span::SpanKind::Producer,
@@ -362,76 +418,85 @@ impl Fields<'_> {
                         _ => proto::span::SpanKind::Internal,
                     };
                 }
-                return;
+                true
             }
-            ("otel.status_code", Value::Str(code)) => {
+            "otel.status_code" => {
                 if let Some(s) = self.status.as_deref_mut() {
-                    *s = match code.to_ascii_lowercase().as_str() {
-                        "error" => proto::status::StatusCode::Error,
-                        "ok" => proto::status::StatusCode::Ok,
-                        _ => proto::status::StatusCode::Unset,
+                    *s = if text.eq_ignore_ascii_case("error") {
+                        proto::status::StatusCode::Error
+                    } else if text.eq_ignore_ascii_case("ok") {
+                        proto::status::StatusCode::Ok
+                    } else {
+                        proto::status::StatusCode::Unset
                     };
                 }
-                return;
+                true
             }
-            ("message", Value::Str(_)) if self.message.is_some() => {
-                if let (Some(m), Value::Str(text)) = (self.message.as_deref_mut(), value) {
-                    *m = text;
+            "message" => match self.message.as_deref_mut() {
+                Some(m) => {
+                    *m = text.to_owned();
+                    true
                 }
-                return;
-            }
-            _ => {}
-        }
-        // A field recorded again (a status filled in late) replaces itself.
-        if let Some(slot) = self.fields.iter_mut().find(|(k, _)| *k == name) {
-            slot.1 = value;
-        } else if self.fields.len() < MAX_FIELDS {
-            self.fields.push((name, value));
+                None => false,
+            },
+            _ => false,
+        };
+        if taken {
+            self.attrs.text.truncate(start);
         } else {
-            *self.dropped += 1;
+            let end = self.attrs.text.len() as u32;
+            self.attrs.put(field.name(), Value::Str(start as u32, end));
         }
     }
 }
 
 impl Visit for Fields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.put(field, Value::Str(value.to_owned()));
+        self.put_text(field, |t| t.push_str(value));
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         // `%x` fields arrive here too, and their Debug is their Display.
-        self.put(field, Value::Str(format!("{value:?}")));
+        self.put_text(field, |t| {
+            use std::fmt::Write as _;
+            let _ = write!(t, "{value:?}");
+        });
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.put(field, Value::I64(value));
+        self.attrs.put(field.name(), Value::I64(value));
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
         match i64::try_from(value) {
-            Ok(v) => self.put(field, Value::I64(v)),
-            Err(_) => self.put(field, Value::Str(value.to_string())),
+            Ok(v) => self.attrs.put(field.name(), Value::I64(v)),
+            Err(_) => self.put_text(field, |t| {
+                use std::fmt::Write as _;
+                let _ = write!(t, "{value}");
+            }),
         }
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.put(field, Value::F64(value));
+        self.attrs.put(field.name(), Value::F64(value));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.put(field, Value::Bool(value));
+        self.attrs.put(field.name(), Value::Bool(value));
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.put(field, Value::Str(value.to_string()));
+        self.put_text(field, |t| {
+            use std::fmt::Write as _;
+            let _ = write!(t, "{value}");
+        });
     }
 }
 
 impl Rec {
     fn fields(&mut self) -> Fields<'_> {
         Fields {
-            fields: &mut self.fields,
-            dropped: &mut self.dropped_fields,
+            attrs: &mut self.attrs,
             kind: Some(&mut self.kind),
             status: Some(&mut self.status),
             message: None,
@@ -480,8 +545,7 @@ where
             kind: proto::span::SpanKind::Internal,
             start: 0,
             end: 0,
-            fields: Vec::new(),
-            dropped_fields: 0,
+            attrs: Attrs::default(),
             status: proto::status::StatusCode::Unset,
             events: Vec::new(),
             dropped_events: 0,
@@ -489,7 +553,8 @@ where
         };
         if recording {
             rec.start = now_nanos();
-            rec.fields.reserve(attrs.fields().len());
+            rec.attrs.list.reserve(attrs.fields().len());
+            rec.attrs.text.reserve(64);
             attrs.record(&mut rec.fields());
         }
         span.extensions_mut().insert(rec);
@@ -520,11 +585,10 @@ where
             rec.status = proto::status::StatusCode::Error;
         }
         let mut name = String::new();
-        let mut fields = vec![("level", Value::Str(level.as_str().to_owned()))];
-        let mut dropped = 0;
+        let mut fields = Attrs::default();
+        fields.put_str("level", level.as_str());
         event.record(&mut Fields {
-            fields: &mut fields,
-            dropped: &mut dropped,
+            attrs: &mut fields,
             kind: None,
             status: None,
             message: Some(&mut name),
@@ -535,7 +599,7 @@ where
         rec.events.push(Event {
             time: now_nanos(),
             name,
-            fields,
+            attrs: fields,
         });
     }
 
@@ -585,7 +649,7 @@ pub fn continue_trace(span: &tracing::Span, remote: Option<Remote>) -> Option<Re
         if !rec.sampled {
             // Nothing of it will be sent: stop recording fields.
             rec.recording = false;
-            rec.fields = Vec::new();
+            rec.attrs = Attrs::default();
         }
         (rec.trace, rec.id, rec.sampled)
     })
@@ -660,7 +724,7 @@ pub fn parse_traceparent(text: &str) -> Option<Remote> {
 mod wire {
     use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
 
-    use super::{Rec, Value};
+    use super::{Attrs, Rec, Value};
 
     /// A length-delimited field: key, length, bytes.
     pub(super) fn bytes(tag: u32, data: &[u8], out: &mut Vec<u8>) {
@@ -696,25 +760,26 @@ mod wire {
         1 + encoded_len_varint(len as u64) + len
     }
 
-    /// `KeyValue { key, value: AnyValue { ... } }`.
-    fn attribute(tag: u32, key: &str, value: &Value, out: &mut Vec<u8>) {
-        let any = match value {
-            Value::Str(s) => field_len(s.len()),
-            Value::I64(i) => 1 + encoded_len_varint(*i as u64),
-            Value::F64(_) => 1 + 8,
-            Value::Bool(_) => 2,
-        };
-        let kv = field_len(key.len()) + field_len(any);
-        encode_key(tag, WireType::LengthDelimited, out);
-        encode_varint(kv as u64, out);
-        bytes(1, key.as_bytes(), out);
-        encode_key(2, WireType::LengthDelimited, out);
-        encode_varint(any as u64, out);
-        match value {
-            Value::Str(s) => bytes(1, s.as_bytes(), out),
-            Value::Bool(b) => varint(2, u64::from(*b), out),
-            Value::I64(i) => varint(3, *i as u64, out),
-            Value::F64(f) => fixed64(4, f.to_bits(), out),
+    /// Each of `attrs` as a `KeyValue { key, value: AnyValue { ... } }`
+    /// field numbered `tag`.
+    fn attributes(tag: u32, attrs: &Attrs, out: &mut Vec<u8>) {
+        for (key, value) in &attrs.list {
+            let any = match value {
+                Value::Str(a, b) => field_len(attrs.str(*a, *b).len()),
+                Value::I64(i) => 1 + encoded_len_varint(*i as u64),
+                Value::F64(_) => 1 + 8,
+                Value::Bool(_) => 2,
+            };
+            let kv = field_len(key.len()) + field_len(any);
+            head(tag, kv, out);
+            bytes(1, key.as_bytes(), out);
+            head(2, any, out);
+            match value {
+                Value::Str(a, b) => bytes(1, attrs.str(*a, *b).as_bytes(), out),
+                Value::Bool(b) => varint(2, u64::from(*b), out),
+                Value::I64(i) => varint(3, *i as u64, out),
+                Value::F64(f) => fixed64(4, f.to_bits(), out),
+            }
         }
     }
 
@@ -729,19 +794,15 @@ mod wire {
         varint(6, rec.kind as i32 as u64, out);
         fixed64(7, rec.start, out);
         fixed64(8, rec.end, out);
-        for (key, value) in &rec.fields {
-            attribute(9, key, value, out);
-        }
-        if rec.dropped_fields > 0 {
-            varint(10, u64::from(rec.dropped_fields), out);
+        attributes(9, &rec.attrs, out);
+        if rec.attrs.dropped > 0 {
+            varint(10, u64::from(rec.attrs.dropped), out);
         }
         for event in &rec.events {
             scratch.clear();
             fixed64(1, event.time, scratch);
             bytes(2, event.name.as_bytes(), scratch);
-            for (key, value) in &event.fields {
-                attribute(3, key, value, scratch);
-            }
+            attributes(3, &event.attrs, scratch);
             bytes(11, scratch, out);
         }
         if rec.dropped_events > 0 {
@@ -781,15 +842,19 @@ fn flags(sampled: bool, remote: Option<bool>) -> u32 {
     }
 }
 
-/// The parts of every export request that never change: the encoded
-/// `Resource` and `InstrumentationScope`.
-struct Header {
+/// Encodes export requests; the parts that never change (the `Resource`
+/// and `InstrumentationScope`) are encoded once, and the buffers are kept
+/// from one batch to the next.
+struct Encoder {
     resource: Vec<u8>,
     scope: Vec<u8>,
+    spans: Vec<u8>,
+    one: Vec<u8>,
+    scratch: Vec<u8>,
 }
 
-impl Header {
-    fn new(service_name: &str) -> Header {
+impl Encoder {
+    fn new(service_name: &str) -> Encoder {
         use prost::Message as _;
         let kv = |key: &str, value: &str| KeyValue {
             key: key.to_string(),
@@ -810,36 +875,38 @@ impl Header {
             version: env!("CARGO_PKG_VERSION").to_string(),
             ..InstrumentationScope::default()
         };
-        Header {
+        Encoder {
             resource: resource.encode_to_vec(),
             scope: scope.encode_to_vec(),
+            spans: Vec::new(),
+            one: Vec::new(),
+            scratch: Vec::new(),
         }
     }
-}
 
-/// One `ExportTraceServiceRequest` (one resource, one scope) for a batch of
-/// ended spans, as protobuf bytes.
-fn encode(batch: &[Rec], header: &Header) -> Vec<u8> {
-    let mut spans = Vec::with_capacity(batch.len() * 256);
-    let mut one = Vec::with_capacity(512);
-    let mut scratch = Vec::with_capacity(128);
-    for rec in batch {
-        one.clear();
-        wire::span(rec, &mut scratch, &mut one);
-        wire::bytes(2, &one, &mut spans);
+    /// One `ExportTraceServiceRequest` (one resource, one scope) for a
+    /// batch of ended spans, as protobuf bytes.
+    fn encode(&mut self, batch: &[Rec]) -> Vec<u8> {
+        self.spans.clear();
+        for rec in batch {
+            self.one.clear();
+            wire::span(rec, &mut self.scratch, &mut self.one);
+            wire::bytes(2, &self.one, &mut self.spans);
+        }
+        // ScopeSpans { scope = 1, spans = 2 } inside ResourceSpans {
+        // resource = 1, scope_spans = 2 } inside the request {
+        // resource_spans = 1 }: the lengths are known now, so the spans are
+        // copied once, after the heads.
+        let scope_spans = wire::field_len(self.scope.len()) + self.spans.len();
+        let resource_spans = wire::field_len(self.resource.len()) + wire::field_len(scope_spans);
+        let mut request = Vec::with_capacity(wire::field_len(resource_spans));
+        wire::head(1, resource_spans, &mut request);
+        wire::bytes(1, &self.resource, &mut request);
+        wire::head(2, scope_spans, &mut request);
+        wire::bytes(1, &self.scope, &mut request);
+        request.extend_from_slice(&self.spans);
+        request
     }
-    // ScopeSpans { scope = 1, spans = 2 } inside ResourceSpans { resource =
-    // 1, scope_spans = 2 } inside the request { resource_spans = 1 }: the
-    // lengths are known now, so the spans are copied once, after the heads.
-    let scope_spans = wire::field_len(header.scope.len()) + spans.len();
-    let resource_spans = wire::field_len(header.resource.len()) + wire::field_len(scope_spans);
-    let mut request = Vec::with_capacity(wire::field_len(resource_spans));
-    wire::head(1, resource_spans, &mut request);
-    wire::bytes(1, &header.resource, &mut request);
-    wire::head(2, scope_spans, &mut request);
-    wire::bytes(1, &header.scope, &mut request);
-    request.extend_from_slice(&spans);
-    request
 }
 
 #[cfg(test)]
@@ -880,19 +947,25 @@ mod tests {
             kind: proto::span::SpanKind::Server,
             start: 1_700_000_000_000_000_000,
             end: 1_700_000_000_000_123_456,
-            fields: vec![
-                ("path", Value::Str("/hello".into())),
-                ("status", Value::I64(200)),
-                ("big", Value::I64(-5)),
-                ("ratio", Value::F64(0.25)),
-                ("cached", Value::Bool(true)),
-            ],
-            dropped_fields: 2,
+            attrs: {
+                let mut a = Attrs::default();
+                a.put_str("path", "/hello");
+                a.put("status", Value::I64(200));
+                a.put("big", Value::I64(-5));
+                a.put("ratio", Value::F64(0.25));
+                a.put("cached", Value::Bool(true));
+                a.dropped = 2;
+                a
+            },
             status: proto::status::StatusCode::Error,
             events: vec![Event {
                 time: 1_700_000_000_000_000_500,
                 name: "slow".into(),
-                fields: vec![("level", Value::Str("WARN".into()))],
+                attrs: {
+                    let mut a = Attrs::default();
+                    a.put_str("level", "WARN");
+                    a
+                },
             }],
             dropped_events: 0,
             links: vec![(7, 9, true)],
@@ -903,8 +976,8 @@ mod tests {
     fn encoded_spans_decode_as_the_otlp_messages() {
         use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
         use prost::Message as _;
-        let header = Header::new("shop");
-        let body = encode(&[rec(0, false), rec(0x1122, true)], &header);
+        let mut encoder = Encoder::new("shop");
+        let body = encoder.encode(&[rec(0, false), rec(0x1122, true)]);
         let req = ExportTraceServiceRequest::decode(&body[..]).unwrap();
         assert_eq!(req.resource_spans.len(), 1);
         let rs = &req.resource_spans[0];
@@ -964,7 +1037,7 @@ mod tests {
             Some(proto::status::StatusCode::Error as i32)
         );
         // An empty batch is still a well-formed request.
-        assert!(ExportTraceServiceRequest::decode(&encode(&[], &header)[..]).is_ok());
+        assert!(ExportTraceServiceRequest::decode(&encoder.encode(&[])[..]).is_ok());
     }
 
     fn hex_bytes(text: &str) -> Vec<u8> {

@@ -1,9 +1,11 @@
 //! The cost of OTLP trace export: `GET /hello` through `atoll up` child
 //! processes (the export pipeline is process-wide, so each configuration is
-//! its own host) in the same run, alternating rounds:
+//! its own host) in the same run, alternating rounds, with a fresh process
+//! per configuration and round:
 //!
-//! - export off (no `[telemetry]` endpoint): the OpenTelemetry layer is not
-//!   installed; twice, as two hosts, so the table shows the noise floor;
+//! - export off (no `[telemetry]` endpoint): the span layer is not
+//!   installed; twice, as two configurations, so the table shows the noise
+//!   floor;
 //! - export on with `sample_ratio = 0`: the layer is present and every span
 //!   is created, but none is recorded or sent;
 //! - export on with `sample_ratio = 0.1`: one trace in ten is sent;
@@ -11,7 +13,9 @@
 //!   process that reads and discards each batch.
 //!
 //! The call log is off in all of them, so the route is as lean as it gets
-//! and the cost is a share of the least the host does per request.
+//! and the cost is a share of the least the host does per request. Costs are
+//! medians over rounds against the mean of the two off hosts of the same
+//! round; the host's CPU time per request (from /proc) is printed too.
 //!
 //! `cargo bench -p atoll-tests --bench tracing`; lengthen with
 //! `ATOLL_BENCH_SECS` (seconds per round, default 3), `ATOLL_BENCH_ROUNDS`
@@ -121,8 +125,12 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .map(|k| (*k, Path::new("")))
         .collect();
-    let mut hosts = Vec::new();
-    for (name, toml) in &configs {
+    // Each round starts every host afresh: one process can run a few
+    // percent faster or slower than an identical one for its whole life
+    // (two off hosts kept for a whole run differed by up to 10% in CPU per
+    // request), so a host per configuration for the whole run measured the
+    // processes, not the configurations.
+    let start = |name: &str, toml: &str| -> anyhow::Result<(ChildHost, tempfile::TempDir)> {
         let (dir, manifest) = manifest_file(toml);
         let host = ChildHost::spawn_in(bin, dir.path(), &manifest, &[], &blank)?;
         let addr = host.addr;
@@ -140,10 +148,11 @@ fn main() -> anyhow::Result<()> {
             check.ok > 0 && check.errors == 0,
             "{name}: GET /hello failed"
         );
-        hosts.push((*name, host, dir));
-    }
+        Ok((host, dir))
+    };
+    let hosts: Vec<(&str,)> = configs.iter().map(|(name, _)| (*name,)).collect();
     println!(
-        "load: {} keep-alive HTTP/1.1 connections, {:?} warm-up, {rounds} rounds of {:?} per host, alternating (order rotates each round)",
+        "load: {} keep-alive HTTP/1.1 connections, {:?} warm-up, {rounds} rounds of {:?} per configuration, alternating (order rotates each round), a fresh host process per configuration and round",
         load.connections, load.warmup, load.duration
     );
 
@@ -151,10 +160,13 @@ fn main() -> anyhow::Result<()> {
     // The host's own CPU time per request, from /proc: steadier than
     // throughput on a shared VM, where a neighbour's burst moves req/s.
     let mut cpu: Vec<Vec<f64>> = hosts.iter().map(|_| Vec::new()).collect();
+    // The last exporting host, stopped gently at the end.
+    let mut exporting = None;
     for round in 0..rounds {
         for i in 0..hosts.len() {
             let i = (i + round) % hosts.len();
-            let (name, host, _) = &hosts[i];
+            let (name, toml) = &configs[i];
+            let (host, dir) = start(name, toml)?;
             let addr = host.addr;
             let before = cpu_seconds(host.child.id());
             let r = run_load(
@@ -170,6 +182,9 @@ fn main() -> anyhow::Result<()> {
             cpu[i].push(used / requests.max(1.0) * 1e6);
             r.warn(name);
             results[i].push(r);
+            if i == hosts.len() - 1 {
+                exporting = Some((host, dir));
+            }
         }
     }
     let exported_requests = sink.requests.load(Ordering::Relaxed);
@@ -286,7 +301,7 @@ fn main() -> anyhow::Result<()> {
     );
 
     // Stop the exporting host gently: its last line says what it sent.
-    let (_, exporting, _) = hosts.pop().expect("the exporting host");
+    let (exporting, _dir) = exporting.expect("the exporting host");
     let pid = exporting.child.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status()?;
     let mut exporting = exporting;

@@ -619,3 +619,19 @@ async fn otlp_answer(
         _ => reply(404, "", Bytes::new(), None),
     }
 }
+
+/// Runs `BIN logs ARGS --manifest MANIFEST`: (exit code, stdout, stderr).
+pub fn atoll_logs(bin: &Path, manifest: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin)
+        .arg("logs")
+        .args(args)
+        .arg("--manifest")
+        .arg(manifest)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

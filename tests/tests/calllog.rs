@@ -707,18 +707,7 @@ fn bin() -> &'static Path {
 
 /// Runs `atoll logs ARGS --manifest MANIFEST`: (exit code, stdout, stderr).
 fn logs(manifest: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin())
-        .arg("logs")
-        .args(args)
-        .arg("--manifest")
-        .arg(manifest)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    atoll_tests::atoll_logs(bin(), manifest, args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

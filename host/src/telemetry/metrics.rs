@@ -23,13 +23,13 @@ use std::fmt::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::metrics::v1::{
     AggregationTemporality, Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint,
     ResourceMetrics, ScopeMetrics, Sum, metric, number_data_point,
 };
-use opentelemetry_proto::tonic::resource::v1::Resource;
 
+use super::transport::text_attribute;
 use crate::bus::Bus;
 use crate::gateway::Gateway;
 use crate::gateway::router::Reason;
@@ -702,13 +702,10 @@ fn escape(v: &str) -> String {
 
 // ---- OTLP ----
 
-/// The OTLP instrumentation scope of the host's metrics.
-pub const SCOPE: &str = "atoll";
-
 impl Snapshot {
     /// One OTLP export request with every family that has samples: a
     /// resource with `service.name` = `service_name` and `service.version`
-    /// = the host's version, scope [`SCOPE`], cumulative series since
+    /// = the host's version, scope `atoll`, cumulative series since
     /// `start` (when the host started) read at `now`.
     pub fn to_otlp(
         &self,
@@ -771,19 +768,9 @@ impl Snapshot {
             .collect();
         ExportMetricsServiceRequest {
             resource_metrics: vec![ResourceMetrics {
-                resource: Some(Resource {
-                    attributes: vec![
-                        text_attribute("service.name", service_name),
-                        text_attribute("service.version", env!("CARGO_PKG_VERSION")),
-                    ],
-                    ..Default::default()
-                }),
+                resource: Some(super::transport::resource(service_name)),
                 scope_metrics: vec![ScopeMetrics {
-                    scope: Some(InstrumentationScope {
-                        name: SCOPE.to_string(),
-                        version: env!("CARGO_PKG_VERSION").to_string(),
-                        ..Default::default()
-                    }),
+                    scope: Some(super::transport::scope()),
                     metrics,
                     ..Default::default()
                 }],
@@ -796,16 +783,6 @@ impl Snapshot {
 fn unix_nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
-fn text_attribute(key: &str, value: &str) -> KeyValue {
-    KeyValue {
-        key: key.to_string(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value.to_string())),
-        }),
-        ..Default::default()
-    }
 }
 
 fn attributes(labels: &Labels) -> Vec<KeyValue> {

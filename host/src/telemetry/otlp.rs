@@ -37,8 +37,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
-use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1 as proto;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -856,25 +854,8 @@ struct Encoder {
 impl Encoder {
     fn new(service_name: &str) -> Encoder {
         use prost::Message as _;
-        let kv = |key: &str, value: &str| KeyValue {
-            key: key.to_string(),
-            value: Some(AnyValue {
-                value: Some(any_value::Value::StringValue(value.to_string())),
-            }),
-            ..KeyValue::default()
-        };
-        let resource = Resource {
-            attributes: vec![
-                kv("service.name", service_name),
-                kv("service.version", env!("CARGO_PKG_VERSION")),
-            ],
-            ..Resource::default()
-        };
-        let scope = InstrumentationScope {
-            name: "atoll".to_string(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            ..InstrumentationScope::default()
-        };
+        let resource = super::transport::resource(service_name);
+        let scope = super::transport::scope();
         Encoder {
             resource: resource.encode_to_vec(),
             scope: scope.encode_to_vec(),
@@ -911,6 +892,8 @@ impl Encoder {
 
 #[cfg(test)]
 mod tests {
+    use opentelemetry_proto::tonic::common::v1::any_value;
+
     use super::*;
 
     #[test]

@@ -2,7 +2,8 @@
 //! POST (`http/protobuf`), or one unary gRPC call over HTTP/2 without TLS
 //! (`grpc`). Both ride the host's hyper client; gRPC is written by hand (a
 //! 5-byte frame header and the `grpc-status` trailer) so the host does not
-//! build tonic for one call.
+//! build tonic for one call. Also here: the resource and scope every export
+//! request names ([`resource`], [`scope`]), shared by traces and metrics.
 
 use std::time::Duration;
 
@@ -12,7 +13,44 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+
 use crate::config::OtlpProtocol;
+
+/// The instrumentation scope's name in every export.
+pub const SCOPE: &str = "atoll";
+
+/// A string attribute.
+pub fn text_attribute(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.to_string())),
+        }),
+        ..KeyValue::default()
+    }
+}
+
+/// The resource every export names: `service.name` and `service.version`.
+pub fn resource(service_name: &str) -> Resource {
+    Resource {
+        attributes: vec![
+            text_attribute("service.name", service_name),
+            text_attribute("service.version", env!("CARGO_PKG_VERSION")),
+        ],
+        ..Resource::default()
+    }
+}
+
+/// The instrumentation scope of everything the host exports.
+pub fn scope() -> InstrumentationScope {
+    InstrumentationScope {
+        name: SCOPE.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        ..InstrumentationScope::default()
+    }
+}
 
 /// How long one export may take before it counts as failed.
 pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -9,10 +9,11 @@ use anyhow::{Context, anyhow};
 use tokio::sync::watch;
 
 use crate::bus::Bus;
-use crate::config::{ComponentSpec, Manifest, MetricsPush};
+use crate::config::{ComponentSpec, Manifest, MetricsPush, OtlpExport};
 use crate::engine::{ArtifactCache, Engines, PoolSize};
 use crate::kv::{KvBackend, SledBackend};
 use crate::registry::{Registry, RegistryParts};
+use crate::telemetry::otlp;
 use crate::telemetry::push::{Pusher, Sources};
 use crate::{admin, gateway};
 
@@ -37,6 +38,8 @@ pub struct RunningHost {
     /// The OTLP metrics push, when `[telemetry]` or the environment asks
     /// for it.
     metrics: Option<Pusher>,
+    /// The OTLP trace export, likewise.
+    traces: Option<otlp::Exporter>,
     _engines: Engines,
 }
 
@@ -50,17 +53,22 @@ pub struct LoadedApp {
     gateway: Arc<gateway::Gateway>,
     engines: Engines,
     metrics: Option<MetricsPush>,
+    traces: Option<OtlpExport>,
     /// When loading began: the start of the pushed cumulative series.
     started: std::time::SystemTime,
 }
 
 impl LoadedApp {
     /// Loads a manifest's components. Errors name the component and the
-    /// problem. The metrics push settings are read first, from the manifest
-    /// and this process's `OTEL_*` environment, so a bad one stops `atoll
-    /// up` and `atoll check` before anything is compiled.
+    /// problem. The trace export and metrics push settings are read first,
+    /// from the manifest and this process's `OTEL_*` environment, so a bad
+    /// one stops `atoll up` and `atoll check` before anything is compiled.
     pub async fn load(manifest: Manifest) -> anyhow::Result<LoadedApp> {
         let started = std::time::SystemTime::now();
+        let traces = manifest
+            .telemetry
+            .resolve(|var| std::env::var(var).ok())
+            .map_err(|m| anyhow!("trace export: {m}"))?;
         let metrics = manifest
             .telemetry
             .resolve_metrics(|var| std::env::var(var).ok())
@@ -110,6 +118,7 @@ impl LoadedApp {
             bus,
             engines,
             metrics,
+            traces,
             started,
         })
     }
@@ -132,6 +141,19 @@ impl LoadedApp {
                 )
                 .map_err(|e| anyhow!("metrics push: {e:#}"))?,
             ),
+            None => None,
+        };
+        // Before anything is served or delivered, so every request's spans
+        // are exported; one exporter per process (see `otlp`).
+        let traces = match &self.traces {
+            Some(export) if otlp::exporting() => {
+                tracing::warn!(
+                    endpoint = %export.url,
+                    "this process already exports traces for another host; this host's spans go there too"
+                );
+                None
+            }
+            Some(export) => Some(otlp::start(export).map_err(|e| anyhow!("trace export: {e:#}"))?),
             None => None,
         };
         let listener = gateway::bind(self.manifest.host.listen).await?;
@@ -192,6 +214,7 @@ impl LoadedApp {
             tasks: std::sync::Mutex::new(tasks),
             gateway,
             metrics,
+            traces,
             _engines: self.engines,
         })
     }
@@ -226,6 +249,11 @@ impl RunningHost {
     /// Where the admin API listens.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// Where this host's spans are exported, if it exports them.
+    pub fn trace_export(&self) -> Option<&str> {
+        self.traces.as_ref().map(otlp::Exporter::describe)
     }
 
     /// Where and how often the metrics are pushed, if they are.
@@ -264,9 +292,13 @@ impl RunningHost {
         for task in tasks {
             let _ = task.await;
         }
-        // Nothing is served any more: these are the final counts.
+        // Nothing is served any more: these are the final counts, and the
+        // last spans are queued.
         if let Some(metrics) = self.metrics {
             metrics.finish().await;
+        }
+        if let Some(traces) = self.traces {
+            traces.shutdown().await;
         }
         match self.admin.await {
             Ok(Err(e)) => {

@@ -1,7 +1,7 @@
 //! The cost of OTLP trace export: `GET /hello` through `atoll up` child
 //! processes (the export pipeline is process-wide, so each configuration is
-//! its own host) in the same run, alternating rounds, with a fresh process
-//! per configuration and round:
+//! its own host) in the same run, each host loaded in turn for short slots
+//! while the others idle, with fresh processes every round:
 //!
 //! - export off (no `[telemetry]` endpoint): the span layer is not
 //!   installed; twice, as two configurations, so the table shows the noise
@@ -17,9 +17,18 @@
 //! medians over rounds against the mean of the two off hosts of the same
 //! round; the host's CPU time per request (from /proc) is printed too.
 //!
+//! The hosts run pinned to one CPU and the load generator and the OTLP
+//! receiver to the other ([`common::Placement`]): sharing both cores, the
+//! scheduler's choices between the host's workers and the load generator
+//! moved req/s by up to 14% between two identical hosts, and the client's
+//! own CPU time diluted the host's cost. Pinned, req/s is the host's own
+//! CPU time per request, export task included.
+//!
 //! `cargo bench -p atoll-tests --bench tracing`; lengthen with
-//! `ATOLL_BENCH_SECS` (seconds per round, default 3), `ATOLL_BENCH_ROUNDS`
-//! (default 5), `ATOLL_BENCH_CONNS` (default 32).
+//! `ATOLL_BENCH_ROUNDS` (default 6), `ATOLL_BENCH_PASSES` (slots per host
+//! and round, default 6), `ATOLL_BENCH_SLOT` (seconds per slot, default
+//! 0.5); `ATOLL_BENCH_CONNS` (default 32); `ATOLL_BENCH_PIN=0` shares every
+//! CPU between hosts and load.
 
 mod common;
 
@@ -92,13 +101,24 @@ fn receiver(rt: &tokio::runtime::Runtime, sink: Arc<Sink>) -> anyhow::Result<Str
 
 fn main() -> anyhow::Result<()> {
     common::print_machine();
-    let mut load = Load::from_env(32);
-    load.duration = common::env_secs("ATOLL_BENCH_SECS", 3.0);
-    let rounds: usize = common::env_parse("ATOLL_BENCH_ROUNDS", 5);
+    let placement = common::Placement::from_env();
+    placement.pin_bench_thread();
+    let connections = common::env_parse("ATOLL_BENCH_CONNS", 32);
+    let slot = Load {
+        connections,
+        warmup: Duration::from_millis(100),
+        duration: common::env_secs("ATOLL_BENCH_SLOT", 0.5),
+    };
+    let passes: usize = common::env_parse("ATOLL_BENCH_PASSES", 6);
+    let rounds: usize = common::env_parse("ATOLL_BENCH_ROUNDS", 6);
     let bin = Path::new(env!("CARGO_BIN_EXE_atoll-cli"));
 
     let receiver_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
+        .on_thread_start({
+            let placement = placement.clone();
+            move || placement.pin_bench_thread()
+        })
         .enable_all()
         .build()?;
     let sink = Arc::new(Sink::default());
@@ -125,14 +145,10 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .map(|k| (*k, Path::new("")))
         .collect();
-    // Each round starts every host afresh: one process can run a few
-    // percent faster or slower than an identical one for its whole life
-    // (two off hosts kept for a whole run differed by up to 10% in CPU per
-    // request), so a host per configuration for the whole run measured the
-    // processes, not the configurations.
     let start = |name: &str, toml: &str| -> anyhow::Result<(ChildHost, tempfile::TempDir)> {
         let (dir, manifest) = manifest_file(toml);
-        let host = ChildHost::spawn_in(bin, dir.path(), &manifest, &[], &blank)?;
+        let host = placement
+            .spawn_server(|| ChildHost::spawn_in(bin, dir.path(), &manifest, &[], &blank))?;
         let addr = host.addr;
         let check = run_load(
             addr,
@@ -151,41 +167,59 @@ fn main() -> anyhow::Result<()> {
         Ok((host, dir))
     };
     let hosts: Vec<(&str,)> = configs.iter().map(|(name, _)| (*name,)).collect();
+    println!("placement: {}", placement.describe());
     println!(
-        "load: {} keep-alive HTTP/1.1 connections, {:?} warm-up, {rounds} rounds of {:?} per configuration, alternating (order rotates each round), a fresh host process per configuration and round",
-        load.connections, load.warmup, load.duration
+        "load: {connections} keep-alive HTTP/1.1 connections; {rounds} rounds, each starting every configuration's host afresh, \
+         then {passes} passes giving each host {:?} of load (after {:?} not counted) in rotating order while the others idle",
+        slot.duration, slot.warmup
     );
 
+    // Per configuration, one merged result and one CPU figure per round.
     let mut results: Vec<Vec<LoadResult>> = hosts.iter().map(|_| Vec::new()).collect();
-    // The host's own CPU time per request, from /proc: steadier than
-    // throughput on a shared VM, where a neighbour's burst moves req/s.
     let mut cpu: Vec<Vec<f64>> = hosts.iter().map(|_| Vec::new()).collect();
-    // The last exporting host, stopped gently at the end.
+    // The last round's exporting host, stopped gently at the end.
     let mut exporting = None;
     for round in 0..rounds {
-        for i in 0..hosts.len() {
-            let i = (i + round) % hosts.len();
-            let (name, toml) = &configs[i];
-            let (host, dir) = start(name, toml)?;
-            let addr = host.addr;
-            let before = cpu_seconds(host.child.id());
-            let r = run_load(
-                addr,
-                load,
-                StatusCode::OK,
-                Arc::new(move |_, _| common::get(addr, "/hello")),
-            );
-            let used = cpu_seconds(host.child.id()) - before;
-            // The warm-up's requests are not counted: assume its rate.
-            let requests = r.ok as f64 * (load.warmup + load.duration).as_secs_f64()
-                / load.duration.as_secs_f64();
-            cpu[i].push(used / requests.max(1.0) * 1e6);
-            r.warn(name);
-            results[i].push(r);
-            if i == hosts.len() - 1 {
-                exporting = Some((host, dir));
+        // Every host of a round runs at once, idle but for its slots: a
+        // neighbour's burst on this shared VM or a slow minute then falls on
+        // all configurations alike. Fresh processes each round, because one
+        // process can run a few percent faster or slower than an identical
+        // one for its whole life.
+        let running = configs
+            .iter()
+            .map(|(name, toml)| start(name, toml))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut merged: Vec<Option<LoadResult>> = hosts.iter().map(|_| None).collect();
+        let mut cpu_used = vec![0.0; hosts.len()];
+        let mut requests = vec![0.0; hosts.len()];
+        for pass in 0..passes {
+            for k in 0..hosts.len() {
+                let i = (k + pass + round) % hosts.len();
+                let (host, _) = &running[i];
+                let addr = host.addr;
+                let before = cpu_seconds(host.child.id());
+                let r = run_load(
+                    addr,
+                    slot,
+                    StatusCode::OK,
+                    Arc::new(move |_, _| common::get(addr, "/hello")),
+                );
+                cpu_used[i] += cpu_seconds(host.child.id()) - before;
+                // The warm-up's requests are not counted: assume its rate.
+                requests[i] += r.ok as f64 * (slot.warmup + slot.duration).as_secs_f64()
+                    / slot.duration.as_secs_f64();
+                r.warn(hosts[i].0);
+                match &mut merged[i] {
+                    Some(m) => m.merge(r),
+                    empty => *empty = Some(r),
+                }
             }
         }
+        for (i, m) in merged.into_iter().enumerate() {
+            results[i].push(m.expect("every host ran"));
+            cpu[i].push(cpu_used[i] / requests[i].max(1.0) * 1e6);
+        }
+        exporting = running.into_iter().last();
     }
     let exported_requests = sink.requests.load(Ordering::Relaxed);
     let exported_bytes = sink.bytes.load(Ordering::Relaxed);
@@ -236,7 +270,7 @@ fn main() -> anyhow::Result<()> {
         })
         .collect();
     print_table(
-        "GET /hello through `atoll up` (mean req/s over rounds; cost: median over rounds of 1 - req/s / mean of the two off hosts in the same round; median p50/p99)",
+        "GET /hello through `atoll up` (mean req/s over rounds; cost: median over rounds of 1 - req/s / mean of the two off hosts in the same round; median p50/p99 of the rounds)",
         &["tracing", "req/s", "cost", "p50", "p99", "errors"],
         &rows,
     );
@@ -279,25 +313,65 @@ fn main() -> anyhow::Result<()> {
         exported_bytes / 1024
     );
     println!(
-        "off vs off (noise floor, median per-round difference): {:.1}%; layer present but unsampled vs off: {:.1}%",
+        "off vs off (noise floor, median per-round difference): {:.1}%; export on but unsampled vs off: {:.1}%",
         noise * 100.0,
         unsampled * 100.0
     );
+
+    // The same spans in this process, timed on their own: what one request's
+    // spans cost on the request path and on the export task, against the
+    // off hosts' CPU time per request above.
+    let pipeline = span_pipeline(&collector, &placement)?;
+    let share = |ns: f64| ns / (cpu_off * 1e3) * 100.0;
+    print_table(
+        "The spans of one GET /hello (gateway.request and component.invoke, with their attributes), in this process, thread CPU time per request",
+        &[
+            "export",
+            "request path",
+            "export task",
+            "share of a request's host CPU",
+        ],
+        &[
+            vec![
+                "off".into(),
+                fmt_ns(pipeline.off_ns),
+                "-".into(),
+                format!("{:.3}%", share(pipeline.off_ns)),
+            ],
+            vec![
+                "on, every span sent".into(),
+                fmt_ns(pipeline.on_ns),
+                fmt_ns(pipeline.export_ns),
+                format!("{:.2}%", share(pipeline.on_ns + pipeline.export_ns)),
+            ],
+        ],
+    );
     println!(
-        "goal: export on costs < {:.0}% of throughput: every span sent {} ({:.1}%, ratio on/off {:.3}); sample_ratio 0.1 {} ({:.1}%)",
+        "({} requests' spans each; the export task encoded and sent them over http/protobuf to the receiver: {} spans exported, {} dropped)",
+        pipeline.requests, pipeline.exported, pipeline.dropped
+    );
+
+    println!(
+        "\ngoal: export on costs < {:.0}% of throughput: every span sent {} ({:.1}%, ratio on/off {:.3}; \
+         the spans alone {:.2}% of a request's CPU); sample_ratio 0.1 {} ({:.1}%)",
         GOAL_ON * 100.0,
         if on < GOAL_ON { "met" } else { "NOT met" },
         on * 100.0,
         1.0 - on,
+        share(pipeline.on_ns + pipeline.export_ns),
         if tenth < GOAL_ON { "met" } else { "NOT met" },
         tenth * 100.0,
     );
+    let off = share(pipeline.off_ns) / 100.0;
     println!(
-        "goal: export off costs < {:.0}%: off installs no OpenTelemetry layer and the spans stay disabled (the same subscriber as without the feature); \
-         the two off hosts differ by {:.1}%, and even the unsampled layer costs {:.1}%",
+        "goal: export off costs < {:.0}%: {} (off records nothing: a request's trace context costs {} of its {:.1} µs, {:.3}%; \
+         the two off hosts differ by {:.1}%)",
         GOAL_OFF * 100.0,
+        if off < GOAL_OFF { "met" } else { "NOT met" },
+        fmt_ns(pipeline.off_ns),
+        cpu_off,
+        off * 100.0,
         noise * 100.0,
-        unsampled * 100.0
     );
 
     // Stop the exporting host gently: its last line says what it sent.
@@ -344,4 +418,155 @@ fn clock_ticks() -> f64 {
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(100.0)
+}
+
+/// What [`span_pipeline`] measured, per request (two spans).
+struct Pipeline {
+    requests: u64,
+    /// Request-path CPU time with export off.
+    off_ns: f64,
+    /// Request-path CPU time with every span recorded.
+    on_ns: f64,
+    /// The export task's CPU time (encoding and sending).
+    export_ns: f64,
+    exported: u64,
+    dropped: u64,
+}
+
+/// The spans the gateway and the dispatch make for one `GET /hello`, as
+/// they make them: the request's span (a context only with export off),
+/// the route attribute on it, the invocation's span with its attributes
+/// made current while its future is polled, then the status.
+fn request_spans() {
+    use atoll::telemetry::otlp::exporting;
+    use atoll::telemetry::span::{self, Span, SpanContext, SpanKind};
+    let span = if exporting() {
+        Span::continuing("gateway.request", SpanKind::Server, None).with(|a| {
+            a.str("method", "GET").str("path", "/hello");
+        })
+    } else {
+        Span::context_only(SpanContext {
+            trace: span::new_trace_id(),
+            span: span::new_span_id(),
+            sampled: true,
+        })
+    };
+    let own = span.context().expect("a context");
+    std::hint::black_box(own.traceparent_bytes());
+    let traced = span.clone();
+    poll_ready(span.instrument(async {
+        span::record_current(|a| _ = a.str("route", "/hello"));
+        let invoke = Span::new("component.invoke", SpanKind::Internal).with(|a| {
+            a.str("component", "hello").str("version", "1.0.0");
+        });
+        let inner = invoke.clone();
+        poll_ready(invoke.instrument(async move {
+            if inner.is_recording() {
+                inner.record(|a| _ = a.uint("instantiate_us", 6));
+            }
+            std::hint::black_box(span::current_trace_id());
+        }));
+    }));
+    traced.record(|a| {
+        a.int("status", 200)
+            .str("component", "hello")
+            .display("version", "1.0.0");
+    });
+}
+
+/// Polls a future that is ready at once.
+fn poll_ready<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    match f
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+    {
+        std::task::Poll::Ready(v) => v,
+        std::task::Poll::Pending => panic!("the spans' futures are ready at once"),
+    }
+}
+
+/// CPU time of the calling thread, in ns.
+fn thread_cpu_ns() -> f64 {
+    // SAFETY: `ts` is written by clock_gettime before it is read.
+    unsafe {
+        let mut ts: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts);
+        ts.tv_sec as f64 * 1e9 + ts.tv_nsec as f64
+    }
+}
+
+/// Times [`request_spans`] with export off, then starts trace export in
+/// this process (to `collector`, on a runtime of its own so its thread's
+/// CPU time is the export task's) and times it again, paced so the queue
+/// never overflows.
+fn span_pipeline(collector: &str, placement: &common::Placement) -> anyhow::Result<Pipeline> {
+    use atoll::telemetry::otlp;
+    let requests: u64 = common::env_parse("ATOLL_BENCH_SPAN_REQUESTS", 200_000);
+    let timed = |n: u64| {
+        let start = thread_cpu_ns();
+        for _ in 0..n {
+            request_spans();
+        }
+        (thread_cpu_ns() - start) / n as f64
+    };
+    timed(requests / 10);
+    let off_ns = timed(requests);
+
+    let export_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .on_thread_start({
+            let placement = placement.clone();
+            move || placement.pin_bench_thread()
+        })
+        .enable_all()
+        .build()?;
+    let export = atoll::config::OtlpExport {
+        url: format!("{collector}/v1/traces").parse()?,
+        protocol: atoll::config::OtlpProtocol::HttpProtobuf,
+        service_name: "bench".into(),
+        sample_ratio: 1.0,
+    };
+    atoll::telemetry::init(atoll::telemetry::LogFormat::Text);
+    let exporter = {
+        let _runtime = export_rt.enter();
+        otlp::start(&export)?
+    };
+    let export_cpu = || {
+        export_rt
+            .block_on(export_rt.spawn(async { thread_cpu_ns() }))
+            .expect("the export runtime's thread")
+    };
+    let stats = otlp::stats();
+    let settled = |made: u64| {
+        stats.exported.load(Ordering::Relaxed)
+            + stats.failed.load(Ordering::Relaxed)
+            + stats.dropped.load(Ordering::Relaxed)
+            >= made
+    };
+    let export_before = export_cpu();
+    let mut on_ns = 0.0;
+    let mut made = 0u64;
+    // Chunks of 1,000 requests (2,000 spans), waiting for the exporter
+    // whenever it is more than two chunks behind: the queue holds 8,192.
+    for _ in 0..requests / 1000 {
+        while !settled(made.saturating_sub(4000)) {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        on_ns += timed(1000) * 1000.0;
+        made += 2000;
+    }
+    while !settled(made) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let export_ns = (export_cpu() - export_before) / requests as f64;
+    export_rt.block_on(exporter.shutdown());
+    Ok(Pipeline {
+        requests,
+        off_ns,
+        on_ns: on_ns / requests as f64,
+        export_ns,
+        exported: stats.exported.load(Ordering::Relaxed),
+        dropped: stats.dropped.load(Ordering::Relaxed),
+    })
 }

@@ -248,14 +248,16 @@ impl ChildHost {
         extra: &[&str],
         env: &[(&str, &Path)],
     ) -> anyhow::Result<ChildHost> {
-        let mut child = Command::new(bin)
+        let mut command = Command::new(bin);
+        // `info` unless the caller sets ATOLL_LOG.
+        command.env("ATOLL_LOG", "info");
+        let mut child = command
             .current_dir(cwd)
             .envs(env.iter().map(|(k, v)| (*k, *v)))
             .arg("up")
             .arg(manifest)
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .args(extra)
-            .env("ATOLL_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -83,6 +83,42 @@ routes = ["/hello"]
     h.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_in_use_is_named_and_a_failed_start_lets_go_of_it() {
+    const HELLO: &str = "[components.hello]\nsource = \"{hello}\"\nroutes = [\"/hello\"]\n";
+    let data = tempfile::tempdir().unwrap();
+    let running = TestHost::start_in(HELLO, data.path()).await.unwrap();
+    // A second host on the same data dir: it waits a moment for the lock
+    // (a host that is stopping lets go of it), then says who holds it.
+    let e = match TestHost::start_in(HELLO, data.path()).await {
+        Ok(_) => panic!("two hosts opened one data dir"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        e.starts_with(&format!(
+            "opening key-value store at {} (is another atoll using this data_dir?)",
+            data.path().join("kv").display()
+        )),
+        "{e}"
+    );
+    running.shutdown().await.unwrap();
+    // A start that fails after opening the stores (here: a JWKS that cannot
+    // be fetched), then one that works, on the same data dir at once.
+    let broken = format!(
+        "[auth.idp]\njwks_url = \"http://127.0.0.1:1/jwks.json\"\nissuer = \"i\"\naudience = \"a\"\n\
+         [routes.\"/hello\"]\nauth = \"idp\"\n{HELLO}"
+    );
+    for _ in 0..3 {
+        let e = match TestHost::start_in(&broken, data.path()).await {
+            Ok(_) => panic!("started without its JWKS"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(e.contains("cannot fetch the JWKS"), "{e}");
+        let host = TestHost::start_in(HELLO, data.path()).await.unwrap();
+        host.shutdown().await.unwrap();
+    }
+}
+
 fn atoll(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_atoll-cli"))
         .args(args)

@@ -246,6 +246,8 @@ async fn http_push_from_the_manifest_carries_what_metrics_says() {
 otlp_endpoint = "{url}"
 metrics_interval = "1s"
 service_name = "push-test"
+# The endpoint exports traces too; none are sampled, so only metrics arrive.
+sample_ratio = 0
 
 [components.trap]
 source = "{{trap}}"

@@ -9,13 +9,17 @@
 //! - A client's `traceparent` becomes the parent of `gateway.request`; the
 //!   response carries the exported ids; queued spans are sent on shutdown.
 //! - Off, nothing is sent; a bad `OTEL_*` value stops the host with its name.
+//! - Without export, `ATOLL_LOG=atoll::span=debug` writes each span as a log
+//!   line with the same ids and attributes.
+//! - Hosts inside one process (`RunningHost`) export too, one exporter at a
+//!   time.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use atoll_tests::{ChildHost, GRPC_TRACES, OtlpReceiver, manifest_file, send_with};
+use atoll_tests::{ChildHost, GRPC_TRACES, OtlpReceiver, TestHost, manifest_file, send_with};
 use http::HeaderMap;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
@@ -453,6 +457,122 @@ async fn off_nothing_is_sent_and_sample_ratio_zero_sends_nothing_new() {
         last.starts_with(&format!("00-{trace}-")) && last.ends_with("-00"),
         "{last}"
     );
+}
+
+/// The only test here with hosts inside the test process (the others run
+/// `atoll up`): export is per process, one exporter at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_hosts_export_one_after_another_and_a_second_at_once_shares() {
+    let receiver = Receiver::start().await;
+    let manifest = |service: &str| {
+        format!(
+            "[telemetry]\notlp_endpoint = \"{}\"\nservice_name = \"{service}\"\n\n\
+             [components.hello]\nsource = \"{{hello}}\"\nroutes = [\"/hello\"]\n",
+            receiver.url()
+        )
+    };
+    let traced = |trace: &str| {
+        let trace = trace.to_string();
+        receiver
+            .spans()
+            .into_iter()
+            .filter(move |s| s.trace == trace)
+            .map(|s| (s.name, s.service))
+            .collect::<Vec<_>>()
+    };
+    let first = TestHost::start(&manifest("first")).await;
+    let r = send_with("GET", &first.url("/hello"), &[], "")
+        .await
+        .unwrap();
+    let (trace_1, _, _) = traceparent(&r.headers);
+    // Started while the first exports: its spans go to the first's exporter.
+    let second = TestHost::start(&manifest("second")).await;
+    assert!(second.host.trace_export().is_none());
+    let r = send_with("GET", &second.url("/hello"), &[], "")
+        .await
+        .unwrap();
+    let (trace_2, _, _) = traceparent(&r.headers);
+    second.stop().await;
+    // Stopping the exporting host sends what is queued and ends export.
+    first.stop().await;
+    let spans = [traced(&trace_1), traced(&trace_2)];
+    for spans in &spans {
+        let mut names: Vec<_> = spans.iter().map(|(n, s)| format!("{n} {s}")).collect();
+        names.sort();
+        assert_eq!(names, ["component.invoke first", "gateway.request first"]);
+    }
+    // A host started after it exports through an exporter of its own.
+    let third = TestHost::start(&manifest("third")).await;
+    assert!(third.host.trace_export().is_some());
+    let r = send_with("GET", &third.url("/hello"), &[], "")
+        .await
+        .unwrap();
+    let (trace_3, _, _) = traceparent(&r.headers);
+    third.stop().await;
+    assert_eq!(traced(&trace_3).len(), 2);
+    assert!(traced(&trace_3).iter().all(|(_, s)| s == "third"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_export_spans_are_log_lines_at_debug() {
+    let receiver = Receiver::start().await;
+    let (_dir, manifest) = manifest_file(&CHAIN.replace("RECEIVER", &receiver.url()));
+    let host =
+        ChildHost::spawn_otel(bin(), &manifest, &[("ATOLL_LOG", "info,atoll::span=debug")]).await;
+    let sent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = send_with(
+        "GET",
+        &host.url("/order?item=pen"),
+        &[("traceparent", sent)],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let log = host.stop().await;
+    assert!(receiver.requests().is_empty(), "nothing is exported");
+    // One line per ended span: name, attributes, ids and duration.
+    let line = |name: &str, component: &str| -> &String {
+        log.iter()
+            .find(|l| {
+                l.contains(&format!(" {name} ")) && l.contains(&format!("component={component}"))
+            })
+            .unwrap_or_else(|| panic!("no {name} of {component} in {log:#?}"))
+    };
+    let field = |line: &str, key: &str| -> String {
+        let at = line
+            .find(&format!("{key}="))
+            .unwrap_or_else(|| panic!("{key} in {line}"));
+        line[at + key.len() + 1..]
+            .split(' ')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let request = line("gateway.request", "front");
+    let invoke = line("component.invoke", "front");
+    let kv = line("kv.set", "front");
+    let call = line("call.invoke", "pricing");
+    for l in [request, invoke, kv, call] {
+        assert!(l.contains("DEBUG"), "{l}");
+        assert_eq!(
+            field(l, "trace_id"),
+            "4bf92f3577b34da6a3ce929d0e0e4736",
+            "{l}"
+        );
+        assert!(field(l, "duration_us").parse::<u64>().is_ok(), "{l}");
+    }
+    assert_eq!(field(request, "parent_id"), "00f067aa0ba902b7");
+    assert_eq!(
+        (field(request, "route"), field(request, "status")),
+        ("/order".into(), "200".into())
+    );
+    assert_eq!(field(invoke, "parent_id"), field(request, "span_id"));
+    assert_eq!(field(kv, "parent_id"), field(invoke, "span_id"));
+    assert_eq!(field(call, "parent_id"), field(invoke, "span_id"));
+    // Without export no span id of the host's leaves it: the outbound
+    // request carries no trace context of the host's (as with export off).
+    assert_eq!(receiver.downstream(), vec![String::new()]);
 }
 
 #[test]

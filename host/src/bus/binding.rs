@@ -8,6 +8,7 @@ use super::log::StoredMessage;
 use super::{Bus, BusError, Origin, Outgoing};
 use crate::bindings::atoll::bus::{outbox, publisher, types};
 use crate::kv::{MAX_BUCKET_LEN, bucket_prefix, encode_key};
+use crate::telemetry::span::{self, Span, SpanKind};
 
 /// Most messages one invocation may publish (staged or in transactions).
 pub const MAX_STAGED: usize = 10_000;
@@ -103,8 +104,9 @@ impl BusState {
         // Exported, the message carries the `bus.publish` span's context,
         // so its delivery continues the trace under the publish.
         let exported = crate::telemetry::otlp::exporting()
-            .then(|| crate::telemetry::otlp::traceparent_of(&tracing::Span::current()))
-            .flatten();
+            .then(span::current_context)
+            .flatten()
+            .map(|c| c.traceparent());
         let stored = grant.bus.prepare(
             Origin::Component(&self.component),
             Outgoing {
@@ -186,11 +188,11 @@ impl publisher::Host for BusView<'_> {
         message: types::OutgoingMessage,
     ) -> wasmtime::Result<Result<String, types::Error>> {
         let span = publish_span(self.state, &message.topic);
-        let _s = span.enter();
+        let _s = span.clone().enter();
         Ok(match self.state.prepare(message) {
             Ok(stored) => {
                 let id = stored.id.clone();
-                span.record("message", &*id);
+                span.record(|a| _ = a.str("message", &id));
                 self.state.staged.push(stored);
                 Ok(id)
             }
@@ -205,15 +207,12 @@ impl publisher::Host for BusView<'_> {
 impl outbox::Host for BusView<'_> {}
 
 /// `bus.publish`: one message staged (directly or in an outbox transaction).
-fn publish_span(state: &BusState, topic: &str) -> tracing::Span {
-    tracing::debug_span!(
-        "bus.publish",
-        "otel.kind" = "producer",
-        component = %state.component,
-        version = state.version.as_deref().unwrap_or(""),
-        topic,
-        message = tracing::field::Empty,
-    )
+fn publish_span(state: &BusState, topic: &str) -> Span {
+    Span::new("bus.publish", SpanKind::Producer).with(|a| {
+        a.str("component", &state.component)
+            .str("version", state.version.as_deref().unwrap_or(""))
+            .str("topic", topic);
+    })
 }
 
 impl BusView<'_> {
@@ -310,12 +309,12 @@ impl outbox::HostTransaction for BusView<'_> {
         }
         let before = self.state.held;
         let span = publish_span(self.state, &message.topic);
-        let _s = span.enter();
+        let _s = span.clone().enter();
         let stored = match self.state.prepare(message) {
             Ok(s) => s,
             Err(e) => return Ok(Err(e.into())),
         };
-        span.record("message", &*stored.id);
+        span.record(|a| _ = a.str("message", &stored.id));
         let id = stored.id.clone();
         let size = self.state.held - before;
         let t = self.tx(&tx)?;
@@ -344,14 +343,19 @@ impl outbox::HostTransaction for BusView<'_> {
         let messages = std::mem::take(&mut t.messages);
         let bytes = std::mem::take(&mut t.bytes);
         self.state.held = self.state.held.saturating_sub(bytes);
-        let span = tracing::debug_span!("bus.commit", component = %self.state.component, writes = writes.len(), messages = messages.len());
-        let result = tracing::Instrument::instrument(
-            grant
-                .bus
-                .commit_transaction(&grant.kv_tree, writes, messages),
-            span,
-        )
-        .await;
+        let span = Span::new("bus.commit", SpanKind::Internal).with(|a| {
+            a.str("component", &self.state.component)
+                .str("version", self.state.version.as_deref().unwrap_or(""))
+                .uint("writes", writes.len() as u64)
+                .uint("messages", messages.len() as u64);
+        });
+        let result = span
+            .instrument(
+                grant
+                    .bus
+                    .commit_transaction(&grant.kv_tree, writes, messages),
+            )
+            .await;
         Ok(result.map_err(Into::into))
     }
 

@@ -5,7 +5,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
-use tracing::Instrument;
 
 use super::log::{Attempt, PendingRef, StoredMessage};
 use super::queue::{Entry, Queue};
@@ -15,6 +14,7 @@ use crate::config::SubscriptionSettings;
 use crate::engine::EPOCH_TICK;
 use crate::registry::ComponentRuntime;
 use crate::sandbox::{self, DeadlineExceeded};
+use crate::telemetry::span::{Span, SpanContext, SpanKind};
 
 /// Longest delay a handler may ask for in `retry(some(ms))`.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(24 * 3600);
@@ -317,47 +317,42 @@ impl Subscription {
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case("traceparent"))
             .map(|(_, v)| v.clone());
-        let span = tracing::debug_span!(
-            "bus.deliver",
-            "otel.kind" = "consumer",
-            component = %rt.name,
-            version = %rt.version,
-            subscription = %self.id,
-            topic = %message.topic,
-            message = %message.id,
-            attempt = attempt.started,
-            traceparent = traceparent.as_deref().unwrap_or(""),
-            outcome = tracing::field::Empty,
-            "otel.status_code" = tracing::field::Empty,
-        );
-        // Exported: the delivery continues the publisher's trace (a child of
-        // its `bus.publish`, and linked to it), and what the handler does
-        // (calls, messages) continues from the delivery.
-        crate::telemetry::otlp::adopt_remote(&span, traceparent.as_deref());
-        let traceparent = crate::telemetry::otlp::traceparent_of(&span).or(traceparent);
-        // Host events logged while it runs carry the message's trace id.
-        let trace = traceparent
-            .as_deref()
-            .and_then(crate::telemetry::logs::TraceId::from_traceparent);
-        let (verdict, staged, kv_dirty) = crate::telemetry::logs::in_trace(
-            trace,
-            self.invoke(&rt, message, attempt.started, traceparent),
-        )
-        .instrument(span.clone())
-        .await;
-        if !span.is_disabled() {
-            let outcome = match &verdict {
-                Verdict::Ack => "ack",
-                Verdict::Retry(..) => "retry",
-                Verdict::Reject(_) => "reject",
-                Verdict::NotDelivered(_) => "not_delivered",
-                Verdict::Gone => "gone",
-            };
-            span.record("outcome", outcome);
-            if !matches!(verdict, Verdict::Ack) {
-                span.record("otel.status_code", "error");
-            }
+        // The delivery continues the publisher's trace (a child of its
+        // `bus.publish`, and linked to it), and what the handler does
+        // (calls, messages, log records) continues from the delivery.
+        let remote = traceparent.as_deref().and_then(SpanContext::parse);
+        let span = Span::continuing("bus.deliver", SpanKind::Consumer, remote).with(|a| {
+            a.str("component", &rt.name)
+                .display("version", &rt.version)
+                .str("subscription", &self.id)
+                .str("topic", &message.topic)
+                .str("message", &message.id)
+                .uint("attempt", u64::from(attempt.started));
+        });
+        if let Some(remote) = remote {
+            span.link(remote);
         }
+        let traceparent = span.exported_traceparent().or(traceparent);
+        let traced = span.clone();
+        let (verdict, staged, kv_dirty) = span
+            .instrument(self.invoke(&rt, message, attempt.started, traceparent))
+            .await;
+        traced.record(|a| {
+            a.str(
+                "outcome",
+                match &verdict {
+                    Verdict::Ack => "ack",
+                    Verdict::Retry(..) => "retry",
+                    Verdict::Reject(_) => "reject",
+                    Verdict::NotDelivered(_) => "not_delivered",
+                    Verdict::Gone => "gone",
+                },
+            );
+            if !matches!(verdict, Verdict::Ack) {
+                a.error();
+            }
+        });
+        drop(traced);
         match verdict {
             Verdict::Ack => {
                 // Whatever the handler wrote must be durable before the ack can be.
@@ -403,7 +398,7 @@ impl Subscription {
         let deadline = started + rt.limits.deadline;
         let mut store = sandbox::new_store(&rt.engine, &rt.grants, deadline);
         store.data_mut().bus_mut().traceparent = traceparent;
-        if crate::telemetry::otlp::exporting() {
+        if crate::telemetry::span::recording() {
             store.data_mut().trace_version(&rt.grants);
         }
         let arg = Message {

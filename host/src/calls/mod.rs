@@ -32,7 +32,6 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
-use tracing::Instrument;
 use wasmtime::component::types::{ComponentFunc, ComponentItem, Type};
 use wasmtime::component::{Component, ComponentExportIndex, Linker, Val};
 use wasmtime::{Engine, StoreContextMut};
@@ -42,6 +41,7 @@ use crate::config::{CallSpec, Fallback};
 use crate::engine::EPOCH_TICK;
 use crate::registry::{ComponentRuntime, Registry};
 use crate::sandbox::{self, DeadlineExceeded, InstanceState};
+use crate::telemetry::span::{Span, SpanKind};
 
 /// Where trampolines find the running components (set once the registry exists).
 pub type RegistryHandle = Arc<OnceLock<Weak<Registry>>>;
@@ -723,22 +723,14 @@ impl Target {
         }
         // `component` and `version` name the callee version that answered
         // (the fallback's, when it did).
-        let span = tracing::debug_span!(
-            "call.invoke",
-            "otel.kind" = "client",
-            caller = %caller,
-            callee = %callee,
-            function = %format!("{}#{function}", self.interface.path),
-            component = tracing::field::Empty,
-            version = tracing::field::Empty,
-            outcome = tracing::field::Empty,
-            attempts = tracing::field::Empty,
-            retries = tracing::field::Empty,
-            breaker = tracing::field::Empty,
-            "otel.status_code" = tracing::field::Empty,
-        );
+        let span = Span::new("call.invoke", SpanKind::Client).with(|a| {
+            a.str("caller", &caller).str("callee", &callee).display(
+                "function",
+                format_args!("{}#{function}", self.interface.path),
+            );
+        });
         // Exported: the callee runs under this span.
-        let traceparent = crate::telemetry::otlp::traceparent_of(&span).or(traceparent);
+        let traceparent = span.exported_traceparent().or(traceparent);
         let call = CallContext {
             origin: Mutex::new(None),
             registry: &registry,
@@ -751,26 +743,26 @@ impl Target {
             tries: AtomicU32::new(0),
             span: span.clone(),
         };
-        let result = call
-            .run(store.data_mut(), params, results)
-            .instrument(span.clone())
+        let result = span
+            .clone()
+            .instrument(call.run(store.data_mut(), params, results))
             .await;
-        span.record(
-            "outcome",
-            match &result {
-                Ok(how) => how.as_str(),
-                Err((f, _)) => f.as_str(),
-            },
-        );
-        if !span.is_disabled() {
+        span.record(|a| {
+            a.str(
+                "outcome",
+                match &result {
+                    Ok(how) => how.as_str(),
+                    Err((f, _)) => f.as_str(),
+                },
+            );
             let tries = call.tries.load(Ordering::Relaxed);
-            span.record("attempts", tries);
-            span.record("retries", tries.saturating_sub(1));
-            span.record("breaker", edge.breaker_state().state.as_str());
+            a.uint("attempts", u64::from(tries))
+                .uint("retries", u64::from(tries.saturating_sub(1)))
+                .str("breaker", edge.breaker_state().state.as_str());
             if result.is_err() {
-                span.record("otel.status_code", "error");
+                a.error();
             }
-        }
+        });
         match result {
             Ok(_) => Ok(()),
             Err((failure, detail)) => {
@@ -835,7 +827,7 @@ struct CallContext<'a> {
     /// Attempts made (the callee's and the fallback component's).
     tries: AtomicU32,
     /// `call.invoke`, to name the version that answered.
-    span: tracing::Span,
+    span: Span,
 }
 
 type Failure = (CallFailure, String);
@@ -1017,10 +1009,10 @@ impl CallContext<'_> {
         let mut store = sandbox::new_store(&rt.engine, &rt.grants, deadline);
         store.data_mut().set_depth(self.depth);
         store.data_mut().bus_mut().traceparent = self.traceparent.clone();
-        if !self.span.is_disabled() {
-            self.span.record("component", &*rt.name);
-            self.span
-                .record("version", tracing::field::display(&rt.version));
+        if self.span.is_recording() {
+            self.span.record(|a| {
+                a.str("component", &rt.name).display("version", &rt.version);
+            });
             store.data_mut().trace_version(&rt.grants);
         }
         let run = async {

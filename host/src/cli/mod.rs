@@ -46,11 +46,7 @@ enum Command {
 /// the error chain on failure.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    // `atoll up` sets up logging itself, once its manifest says whether
-    // traces are exported.
-    if !matches!(cli.command, Command::Up(_)) {
-        crate::telemetry::init(cli.log_format);
-    }
+    crate::telemetry::init(cli.log_format);
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -66,7 +62,7 @@ pub fn main() -> std::process::ExitCode {
 /// Runs a parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Up(c) => c.execute(cli.log_format),
+        Command::Up(c) => c.execute(),
         Command::Build(c) => c.execute(),
         Command::Check(c) => c.execute(),
         Command::Ps(c) => c.execute(),

@@ -30,16 +30,9 @@ pub struct Up {
 }
 
 impl Up {
-    pub fn execute(self, log_format: crate::telemetry::LogFormat) -> anyhow::Result<()> {
+    pub fn execute(self) -> anyhow::Result<()> {
         let mut manifest = Manifest::load(&self.manifest)?;
-        // Trace export: `[telemetry]`, with the OTEL_* environment filling in.
-        let export = manifest
-            .telemetry
-            .resolve(|var| std::env::var(var).ok())
-            .map_err(|m| anyhow::anyhow!("trace export: {m}"))?;
         let runtime = super::runtime()?;
-        let exporter =
-            crate::telemetry::init_with_export(log_format, export.as_ref(), runtime.handle())?;
         if let Some(l) = self.listen {
             manifest.host.listen = l;
         }
@@ -80,8 +73,8 @@ impl Up {
                 ),
             };
             println!("atoll admin on http://{} ({token})", host.admin_addr());
-            if let Some(e) = &exporter {
-                println!("atoll traces to {}", e.describe());
+            if let Some(traces) = host.trace_export() {
+                println!("atoll traces to {traces}");
             }
             if let Some(m) = host.metrics_push() {
                 println!("atoll metrics to {}", m.describe());
@@ -91,12 +84,8 @@ impl Up {
             }
             wait_for_signal().await?;
             tracing::info!("signal received: finishing in-flight requests");
-            let stopped = host.shutdown().await;
-            // The spans of the last requests are queued: send them.
-            if let Some(e) = exporter {
-                e.shutdown().await;
-            }
-            stopped
+            // The host sends the spans of its last requests as it stops.
+            host.shutdown().await
         })
     }
 }

@@ -363,17 +363,18 @@ impl CallLog {
     /// Opens (or creates) the log in `data_dir/calls` and starts its writer.
     pub fn open(data_dir: &Path, spec: &CallLogSpec) -> anyhow::Result<Arc<CallLog>> {
         let dir = data_dir.join("calls");
-        let db = sled::Config::new()
-            .path(&dir)
-            // The writer fsyncs every SYNC_EVERY itself.
-            .flush_every_ms(None)
-            .open()
-            .with_context(|| {
-                format!(
-                    "opening the call log at {} (is another atoll using this data_dir?)",
-                    dir.display()
-                )
-            })?;
+        let db = crate::kv::open_locked(
+            sled::Config::new()
+                .path(&dir)
+                // The writer fsyncs every SYNC_EVERY itself.
+                .flush_every_ms(None),
+        )
+        .with_context(|| {
+            format!(
+                "opening the call log at {} (is another atoll using this data_dir?)",
+                dir.display()
+            )
+        })?;
         let rows = db
             .open_tree("rows")
             .context("opening the call log's rows")?;

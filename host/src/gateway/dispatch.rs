@@ -10,7 +10,6 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode, header};
 use http_body_util::{BodyExt, Empty, Full};
 use tokio::sync::oneshot;
-use tracing::Instrument;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
@@ -21,6 +20,7 @@ use crate::engine::EPOCH_TICK;
 use crate::kv::KvBackend;
 use crate::registry::{ComponentRuntime, Limit};
 use crate::sandbox::{self, DeadlineExceeded};
+use crate::telemetry::span::{Span, SpanKind};
 
 /// An invocation that has ended, or is still running as its own task.
 enum Run {
@@ -215,34 +215,26 @@ where
 
     let runtime = rt.clone();
     let name = rt.name.clone();
-    let span = tracing::debug_span!(
-        "component.invoke",
-        component = &*rt.name,
-        version = &*rt.grants.version,
-        instantiate_us = tracing::field::Empty,
-        "otel.status_code" = tracing::field::Empty,
-    );
+    let span = Span::new("component.invoke", SpanKind::Internal).with(|a| {
+        a.str("component", &rt.name)
+            .str("version", &rt.grants.version);
+    });
     let traced = span.clone();
-    if !traced.is_disabled() {
+    if traced.is_recording() {
         store.data_mut().trace_version(&rt.grants);
     }
-    // Host events logged while it runs carry the request's trace id, also
-    // when the invocation continues as its own task.
-    let trace = store
-        .data_mut()
-        .bus_mut()
-        .traceparent
-        .as_deref()
-        .and_then(crate::telemetry::logs::TraceId::from_traceparent);
-    let invocation = crate::telemetry::logs::in_trace(trace, async move {
+    // The invocation runs in this span (or, not exported, in the request's
+    // trace context), also when it continues as its own task.
+    let invocation = span.instrument(async move {
             let _permit = permit;
             let rt = runtime;
             let _in_flight = rt.stats.enter();
             let run = async {
-                let began = (!traced.is_disabled()).then(Instant::now);
+                let began = traced.is_recording().then(Instant::now);
                 let instance = rt.pre.instantiate_async(&mut store).await?;
                 if let Some(began) = began {
-                    traced.record("instantiate_us", began.elapsed().as_micros() as u64);
+                    let us = began.elapsed().as_micros() as u64;
+                    traced.record(|a| _ = a.uint("instantiate_us", us));
                 }
                 let proxy = rt
                     .http
@@ -262,7 +254,7 @@ where
                 Err(_) => Err(wasmtime::Error::new(DeadlineExceeded)),
             };
             if result.is_err() {
-                traced.record("otel.status_code", "error");
+                traced.record(|a| _ = a.error());
             }
             // Messages it published are stored only if it ended well.
             let staged = store.data_mut().bus_mut().take_staged();
@@ -287,8 +279,7 @@ where
             }
             drop(store);
             Outcome { result, durable }
-        })
-        .instrument(span);
+        });
 
     // Fast path: poll the invocation once, right here. Most guests set
     // their response, write it and return within that one poll, and then

@@ -27,7 +27,6 @@ use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::watch;
-use tracing::Instrument;
 
 use super::auth::{self, Verifier};
 use super::calllog::{CallLog, CallRecord};
@@ -42,6 +41,7 @@ use crate::config::{Edge, GatewaySettings, RouteSpec, RouteTarget};
 use crate::kv::KvBackend;
 use crate::registry::{ComponentRuntime, Registry, RouteTable, Service};
 use crate::telemetry::otlp;
+use crate::telemetry::span::{self, Span, SpanContext, SpanKind};
 
 /// Why the gateway answered a request itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -333,38 +333,34 @@ impl Gateway {
         peer: SocketAddr,
     ) -> Response<GatewayBody> {
         let started = Instant::now();
-        let mut trace = TraceContext::of(req.headers());
+        // The client's trace context, if it sent a valid one.
+        let client = req
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(SpanContext::parse);
         let head_only = req.method() == http::Method::HEAD;
         auth::strip_claim_headers(req.headers_mut());
-        let span = tracing::debug_span!(
-            "gateway.request",
-            "otel.kind" = "server",
-            method = req.method().as_str(),
-            path = req.uri().path(),
-            trace_id = tracing::field::Empty,
-            route = tracing::field::Empty,
-            component = tracing::field::Empty,
-            version = tracing::field::Empty,
-            status = tracing::field::Empty,
-            "otel.status_code" = tracing::field::Empty,
-        );
-        let client = (!trace.generated).then_some((trace.trace_id, trace.parent_id, trace.sampled));
-        if let Some((trace_id, span_id, sampled)) = otlp::continue_trace(&span, client) {
-            // Exported: the response and everything downstream (component,
-            // calls, messages, upstreams) carry this span's ids.
-            trace.trace_id = trace_id;
-            trace.span_id = span_id;
-            trace.sampled = sampled;
-            req.headers_mut()
-                .insert("traceparent", trace.header(trace.span_id));
-        } else if trace.generated {
-            // Components and the messages they publish carry the new trace.
-            req.headers_mut()
-                .insert("traceparent", trace.header(trace.parent_id));
-        }
-        // For the log lines (an exported span has its trace id already).
-        if !span.is_disabled() && !otlp::exporting() {
-            span.record("trace_id", tracing::field::display(trace.trace_id_hex()));
+        let span = if span::recording() {
+            Span::continuing("gateway.request", SpanKind::Server, client).with(|a| {
+                a.str("method", req.method().as_str())
+                    .str("path", req.uri().path());
+            })
+        } else {
+            // Not recorded, but the response carries a trace context and
+            // what is logged on its way the request's trace id.
+            Span::context_only(SpanContext {
+                trace: client.map_or_else(span::new_trace_id, |c| c.trace),
+                span: span::new_span_id(),
+                sampled: client.is_none_or(|c| c.sampled),
+            })
+        };
+        let own = span.context().expect("a request's span has a context");
+        let traceparent = header(own);
+        if otlp::exporting() || client.is_none() {
+            // Components, calls, messages and upstreams continue the
+            // exported span, or the trace the gateway started.
+            req.headers_mut().insert("traceparent", traceparent.clone());
         }
         let row = self.calls.as_ref().map(|_| CallRecord {
             time_ms: SystemTime::now()
@@ -373,27 +369,26 @@ impl Gateway {
             client: peer.ip().to_string(),
             method: req.method().to_string(),
             path: req.uri().path().to_string(),
-            trace_id: trace.trace_id_hex(),
+            trace_id: format!("{:032x}", own.trace),
             ..CallRecord::default()
         });
         let watch = Arc::new(BodyWatch::default());
         let mut exchange = Exchange::default();
-        // Host events logged on its way carry the request's trace id.
-        let in_trace = crate::telemetry::logs::in_trace(
-            Some(crate::telemetry::logs::TraceId(trace.trace_id)),
-            self.route(req, peer, &watch, &mut exchange),
-        );
-        let mut res = in_trace.instrument(span.clone()).await;
-        span.record("status", res.status().as_u16());
-        if res.status().is_server_error() {
-            span.record("otel.status_code", "error");
-        }
-        if let Some(c) = &exchange.component {
-            span.record("component", &*c.name);
-            span.record("version", tracing::field::display(&c.version));
-        }
-        res.headers_mut()
-            .insert("traceparent", trace.header(trace.span_id));
+        let traced = span.clone();
+        let mut res = span
+            .instrument(self.route(req, peer, &watch, &mut exchange))
+            .await;
+        traced.record(|a| {
+            a.int("status", i64::from(res.status().as_u16()));
+            if res.status().is_server_error() {
+                a.error();
+            }
+            if let Some(c) = &exchange.component {
+                a.str("component", &c.name).display("version", &c.version);
+            }
+        });
+        drop(traced);
+        res.headers_mut().insert("traceparent", traceparent);
         let (Some(log), Some(mut row)) = (&self.calls, row) else {
             return res;
         };
@@ -451,10 +446,11 @@ impl Gateway {
             return text_response(StatusCode::NOT_FOUND, format!("atoll: no route for {path}"));
         };
         exchange.route = Some(route.pattern.clone());
-        let current = tracing::Span::current();
-        // The route stage is this attribute (an event per request would
-        // cost an allocation or three when exporting).
-        current.record("route", &*route.pattern);
+        // The route stage is this attribute of the request's span (an
+        // event per request would cost an allocation or three when exporting).
+        span::record_current(|a| {
+            a.str("route", &route.pattern);
+        });
         let reject = |exchange: &mut Exchange, reason: Reason, res| {
             route.rejections.add(reason);
             exchange.rejected = Some(reason);
@@ -463,39 +459,41 @@ impl Gateway {
 
         let mut req = req;
         if let Some(verifier) = &route.verifier {
-            let stage = tracing::debug_span!("gateway.auth", outcome = tracing::field::Empty);
-            let claims = match verifier
-                .verify(req.headers())
-                .instrument(stage.clone())
+            let stage = Span::new("gateway.auth", SpanKind::Internal);
+            let outcome = |outcome| stage.record(|a| _ = a.str("outcome", outcome));
+            let claims = match stage
+                .clone()
+                .instrument(verifier.verify(req.headers()))
                 .await
             {
                 Ok(claims) => claims,
                 Err(res) => {
-                    stage.record("outcome", "unauthorized");
+                    outcome("unauthorized");
                     return reject(exchange, Reason::Unauthorized, res);
                 }
             };
             exchange.subject = Some(claims.subject.clone());
             if let Err(res) = auth::authorize(&claims, &route.spec.scopes, &route.spec.roles) {
-                stage.record("outcome", "forbidden");
+                outcome("forbidden");
                 return reject(exchange, Reason::Forbidden, res);
             }
-            stage.record("outcome", "ok");
+            outcome("ok");
             auth::add_claim_headers(req.headers_mut(), &claims);
         }
         if let Some(limiter) = &route.limiter {
-            let stage = tracing::debug_span!("gateway.rate_limit", outcome = tracing::field::Empty);
-            let _stage = stage.enter();
+            let stage = Span::new("gateway.rate_limit", SpanKind::Internal);
+            let outcome = |outcome| stage.record(|a| _ = a.str("outcome", outcome));
+            let _stage = stage.clone().enter();
             let key = limiter.key(peer.ip(), exchange.subject.as_deref(), req.headers());
             if let Err(wait) = limiter.check(&key) {
-                stage.record("outcome", "limited");
+                outcome("limited");
                 return reject(
                     exchange,
                     Reason::RateLimited,
                     ratelimit::too_many_requests(wait, &route.pattern),
                 );
             }
-            stage.record("outcome", "ok");
+            outcome("ok");
         }
         let max_body = self.settings.max_body;
         if dispatch::content_length(req.headers()).is_some_and(|n| n > max_body) {
@@ -677,58 +675,9 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// W3C trace context of a request: the client's, or a new trace.
-struct TraceContext {
-    trace_id: u128,
-    /// The caller's span (the client's, or a made-up root when new).
-    parent_id: u64,
-    /// The gateway's own span for this request.
-    span_id: u64,
-    sampled: bool,
-    generated: bool,
-}
-
-impl TraceContext {
-    fn of(headers: &http::HeaderMap) -> TraceContext {
-        let parsed = headers
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            .and_then(otlp::parse_traceparent);
-        match parsed {
-            Some((trace_id, parent_id, sampled)) => TraceContext {
-                trace_id,
-                parent_id,
-                span_id: nonzero_u64(),
-                sampled,
-                generated: false,
-            },
-            None => TraceContext {
-                trace_id: loop {
-                    let id = fastrand::u128(..);
-                    if id != 0 {
-                        break id;
-                    }
-                },
-                parent_id: nonzero_u64(),
-                span_id: nonzero_u64(),
-                sampled: true,
-                generated: true,
-            },
-        }
-    }
-
-    fn trace_id_hex(&self) -> String {
-        format!("{:032x}", self.trace_id)
-    }
-
-    fn header(&self, span: u64) -> HeaderValue {
-        HeaderValue::try_from(otlp::format_traceparent(self.trace_id, span, self.sampled))
-            .expect("hex is a valid header value")
-    }
-}
-
-fn nonzero_u64() -> u64 {
-    fastrand::u64(1..)
+/// A `traceparent` header.
+fn header(context: SpanContext) -> HeaderValue {
+    HeaderValue::from_bytes(&context.traceparent_bytes()).expect("hex is a valid header value")
 }
 
 /// A response body that writes the request's call log row exactly once:
@@ -812,10 +761,14 @@ mod tests {
     #[test]
     fn traceparent_parsing() {
         let ok = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let (t, p, s) = otlp::parse_traceparent(ok).unwrap();
-        assert_eq!(format!("{t:032x}"), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(p, 0x00f067aa0ba902b7);
-        assert!(s);
+        let c = SpanContext::parse(ok).unwrap();
+        assert_eq!(
+            format!("{:032x}", c.trace),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(c.span, 0x00f067aa0ba902b7);
+        assert!(c.sampled);
+        assert_eq!(c.traceparent(), ok);
         for bad in [
             "",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
@@ -825,7 +778,7 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
             "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
         ] {
-            assert!(otlp::parse_traceparent(bad).is_none(), "{bad}");
+            assert!(SpanContext::parse(bad).is_none(), "{bad}");
         }
     }
 }

@@ -8,6 +8,7 @@ use super::{
     KvError, LIST_PAGE, MAX_BATCH_KEYS, MAX_BUCKET_LEN, Namespace, bucket_prefix, encode_key,
 };
 use crate::bindings::wasi::keyvalue::{atomics, batch, store};
+use crate::telemetry::span::{self, Span, SpanKind};
 
 /// The `bucket` resource: an opened bucket of the component's namespace.
 pub struct Bucket {
@@ -33,6 +34,16 @@ pub struct KvState {
 }
 
 impl KvState {
+    /// The `kv.*` span of one operation, current until it is dropped.
+    fn span(&self, name: &'static str) -> span::Entered {
+        Span::new(name, SpanKind::Internal)
+            .with(|a| {
+                a.str("component", &self.component)
+                    .str("version", self.version.as_deref().unwrap_or(""));
+            })
+            .enter()
+    }
+
     /// State for one invocation of `component`.
     pub fn new(
         namespace: Arc<dyn Namespace>,
@@ -154,7 +165,7 @@ impl store::Host for KvView<'_> {
 
 impl store::HostBucket for KvView<'_> {
     fn get(&mut self, bucket: Resource<Bucket>, key: String) -> Result<Option<Vec<u8>>, KvError> {
-        let _s = tracing::debug_span!("kv.get", component = %self.state.component, version = self.state.version.as_deref().unwrap_or("")).entered();
+        let _s = self.state.span("kv.get");
         let key = self.key(&bucket, &key)?;
         self.state.namespace.get(&key)
     }
@@ -165,7 +176,7 @@ impl store::HostBucket for KvView<'_> {
         key: String,
         value: Vec<u8>,
     ) -> Result<(), KvError> {
-        let _s = tracing::debug_span!("kv.set", component = %self.state.component, version = self.state.version.as_deref().unwrap_or("")).entered();
+        let _s = self.state.span("kv.set");
         self.check_value(&value)?;
         let key = self.key(&bucket, &key)?;
         self.state.dirty = true;
@@ -173,14 +184,14 @@ impl store::HostBucket for KvView<'_> {
     }
 
     fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> Result<(), KvError> {
-        let _s = tracing::debug_span!("kv.delete", component = %self.state.component, version = self.state.version.as_deref().unwrap_or("")).entered();
+        let _s = self.state.span("kv.delete");
         let key = self.key(&bucket, &key)?;
         self.state.dirty = true;
         self.state.namespace.delete(&key)
     }
 
     fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> Result<bool, KvError> {
-        let _s = tracing::debug_span!("kv.exists", component = %self.state.component, version = self.state.version.as_deref().unwrap_or("")).entered();
+        let _s = self.state.span("kv.exists");
         let key = self.key(&bucket, &key)?;
         self.state.namespace.contains(&key)
     }
@@ -190,7 +201,7 @@ impl store::HostBucket for KvView<'_> {
         bucket: Resource<Bucket>,
         cursor: Option<u64>,
     ) -> Result<store::KeyResponse, KvError> {
-        let _s = tracing::debug_span!("kv.list_keys", component = %self.state.component, version = self.state.version.as_deref().unwrap_or("")).entered();
+        let _s = self.state.span("kv.list_keys");
         let namespace = self.state.namespace.clone();
         let b = self.bucket(&bucket)?;
         let after = match cursor {
@@ -236,7 +247,7 @@ impl atomics::Host for KvView<'_> {
         key: String,
         delta: u64,
     ) -> Result<u64, KvError> {
-        let _s = tracing::debug_span!("kv.increment", component = %self.state.component, version = self.state.version.as_deref().unwrap_or("")).entered();
+        let _s = self.state.span("kv.increment");
         let encoded = self.key(&bucket, &key)?;
         self.state.dirty = true;
         let mut result = 0;
@@ -265,7 +276,7 @@ impl batch::Host for KvView<'_> {
         bucket: Resource<Bucket>,
         keys: Vec<String>,
     ) -> Result<Vec<Option<(String, Vec<u8>)>>, KvError> {
-        let _s = tracing::debug_span!("kv.get_many", component = %self.state.component, version = self.state.version.as_deref().unwrap_or("")).entered();
+        let _s = self.state.span("kv.get_many");
         Self::check_batch(keys.len())?;
         let prefix = self.prefix(&bucket)?;
         // The result is built in host memory before the guest sees it: bound
@@ -291,7 +302,7 @@ impl batch::Host for KvView<'_> {
         bucket: Resource<Bucket>,
         key_values: Vec<(String, Vec<u8>)>,
     ) -> Result<(), KvError> {
-        let _s = tracing::debug_span!("kv.set_many", component = %self.state.component, version = self.state.version.as_deref().unwrap_or("")).entered();
+        let _s = self.state.span("kv.set_many");
         Self::check_batch(key_values.len())?;
         let prefix = self.prefix(&bucket)?;
         let mut sets = Vec::with_capacity(key_values.len());
@@ -304,8 +315,7 @@ impl batch::Host for KvView<'_> {
     }
 
     fn delete_many(&mut self, bucket: Resource<Bucket>, keys: Vec<String>) -> Result<(), KvError> {
-        let _s =
-            tracing::debug_span!("kv.delete_many", component = %self.state.component, version = self.state.version.as_deref().unwrap_or("")).entered();
+        let _s = self.state.span("kv.delete_many");
         Self::check_batch(keys.len())?;
         let prefix = self.prefix(&bucket)?;
         let deletes = keys

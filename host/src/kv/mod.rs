@@ -23,7 +23,7 @@ use std::sync::Arc;
 pub use binding::{Bucket, KvState, KvView, add_to_linker};
 pub use commit::{GroupCommit, WriteTracker};
 pub use memory::MemoryBackend;
-pub use sled_backend::SledBackend;
+pub use sled_backend::{SledBackend, open_locked};
 
 /// Longest bucket name accepted, in bytes.
 pub const MAX_BUCKET_LEN: usize = 255;

@@ -10,6 +10,27 @@ use super::commit::WriteTracker;
 use super::stats::{KvStats, Op, OpCounts};
 use super::{GroupCommit, KvBackend, KvError, Namespace, UpdateFn, scan_start};
 
+/// Opens a sled database, waiting up to 3 s for its file lock: a host that
+/// is stopping (or one whose start just failed in this process) lets go of
+/// it a moment after it is dropped, as sled's own threads end.
+pub fn open_locked(config: sled::Config) -> sled::Result<sled::Db> {
+    let mut waited = std::time::Duration::ZERO;
+    loop {
+        match config.open() {
+            // sled reports the lock only in its message (kind `Other`).
+            Err(sled::Error::Io(e))
+                if e.to_string().starts_with("could not acquire lock")
+                    && waited < std::time::Duration::from_secs(3) =>
+            {
+                let pause = std::time::Duration::from_millis(50);
+                std::thread::sleep(pause);
+                waited += pause;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// sled-backed stores with group-commit durability.
 pub struct SledBackend {
     db: sled::Db,
@@ -20,18 +41,19 @@ pub struct SledBackend {
 impl SledBackend {
     /// Opens (or creates) the database at `dir`.
     pub fn open(dir: &Path) -> anyhow::Result<SledBackend> {
-        let db = sled::Config::new()
-            .path(dir)
-            // Durability comes from our group commit; sled's own timer flush
-            // stays on as a backstop for writes nobody waited for.
-            .flush_every_ms(Some(500))
-            .open()
-            .with_context(|| {
-                format!(
-                    "opening key-value store at {} (is another atoll using this data_dir?)",
-                    dir.display()
-                )
-            })?;
+        let db = open_locked(
+            sled::Config::new()
+                .path(dir)
+                // Durability comes from our group commit; sled's own timer
+                // flush stays on as a backstop for writes nobody waited for.
+                .flush_every_ms(Some(500)),
+        )
+        .with_context(|| {
+            format!(
+                "opening key-value store at {} (is another atoll using this data_dir?)",
+                dir.display()
+            )
+        })?;
         let flush_db = db.clone();
         let stats = Arc::new(KvStats::default());
         let observed = stats.clone();

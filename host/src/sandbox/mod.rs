@@ -23,6 +23,7 @@ use crate::bus::{BusGrant, BusState, BusView};
 use crate::kv::{KvState, KvView, Namespace};
 use crate::policy::OutboundPolicy;
 use crate::registry::VersionStats;
+use crate::telemetry::span::{Span, SpanKind};
 use limiter::Limiter;
 
 pub use output::GuestOutput;
@@ -299,45 +300,38 @@ impl WasiHttpHooks for Hooks {
         tracing::debug!(component = %self.component, uri = %request.uri(), "outbound request");
         // The span names the destination, never the path or query (they may
         // carry tokens); the request carries the span's trace context.
-        let span = tracing::debug_span!(
-            "http.outbound",
-            "otel.kind" = "client",
-            component = %self.component,
-            version = self.version.as_deref().unwrap_or(""),
-            method = %request.method(),
-            host = request.uri().host().unwrap_or(""),
-            port = request.uri().port_u16(),
-            status = tracing::field::Empty,
-            "otel.status_code" = tracing::field::Empty,
-        );
-        if let Some(tp) = crate::telemetry::otlp::traceparent_of(&span)
+        let span = Span::new("http.outbound", SpanKind::Client).with(|a| {
+            a.str("component", &self.component)
+                .str("version", self.version.as_deref().unwrap_or(""))
+                .str("method", request.method().as_str())
+                .str("host", request.uri().host().unwrap_or(""));
+            if let Some(port) = request.uri().port_u16() {
+                a.uint("port", u64::from(port));
+            }
+        });
+        if let Some(tp) = span.exported_traceparent()
             && let Ok(value) = http::HeaderValue::try_from(tp)
         {
             request.headers_mut().insert("traceparent", value);
         }
         let traced = span.clone();
-        Box::new(tracing::Instrument::instrument(
-            async move {
-                use http_body_util::BodyExt;
-                let sent = wasmtime_wasi_http::default_send_request(request, options).await;
-                match &sent {
-                    Ok((res, _)) => {
-                        traced.record("status", res.status().as_u16());
-                        if res.status().is_server_error() {
-                            traced.record("otel.status_code", "error");
-                        }
-                    }
-                    Err(_) => {
-                        traced.record("otel.status_code", "error");
+        Box::new(span.instrument(async move {
+            use http_body_util::BodyExt;
+            let sent = wasmtime_wasi_http::default_send_request(request, options).await;
+            traced.record(|a| match &sent {
+                Ok((res, _)) => {
+                    a.int("status", i64::from(res.status().as_u16()));
+                    if res.status().is_server_error() {
+                        a.error();
                     }
                 }
-                let (res, io) = sent?;
-                Ok((
-                    res.map(BodyExt::boxed_unsync),
-                    Box::new(io) as Box<dyn Future<Output = _> + Send>,
-                ))
-            },
-            span,
-        ))
+                Err(_) => _ = a.error(),
+            });
+            let (res, io) = sent?;
+            Ok((
+                res.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+            ))
+        }))
     }
 }

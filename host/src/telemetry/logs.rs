@@ -225,58 +225,11 @@ impl TraceId {
     }
 }
 
-thread_local! {
-    /// The trace of the request or message being worked on by this thread
-    /// (0: none), set by [`InTrace`] around each poll.
-    static CURRENT_TRACE: std::cell::Cell<u128> = const { std::cell::Cell::new(0) };
-}
-
-/// The trace this thread is working for, if any: the request or delivery
-/// whose future is being polled ([`in_trace`]), else the exported span
-/// that is open.
+/// The trace this thread is working for, if any: that of the current span
+/// ([`super::span`]), which the gateway and the bus set for each request and
+/// delivery with export on or off.
 pub fn current_trace() -> Option<TraceId> {
-    match CURRENT_TRACE.with(|c| c.get()) {
-        0 => super::otlp::current_trace_id().map(TraceId),
-        t => Some(TraceId(t)),
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A future that runs in a trace: host events logged while it is
-    /// polled carry the trace id ([`current_trace`]). Two thread-local
-    /// writes per poll, so it costs the request path nothing measurable and
-    /// works with export off.
-    pub struct InTrace<F> {
-        #[pin]
-        inner: F,
-        trace: u128,
-    }
-}
-
-/// Runs `inner` in `trace` (see [`InTrace`]).
-pub fn in_trace<F: Future>(trace: Option<TraceId>, inner: F) -> InTrace<F> {
-    InTrace {
-        inner,
-        trace: trace.map_or(0, |t| t.0),
-    }
-}
-
-impl<F: Future> Future for InTrace<F> {
-    type Output = F::Output;
-
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<F::Output> {
-        let this = self.project();
-        if *this.trace == 0 {
-            return this.inner.poll(cx);
-        }
-        let outer = CURRENT_TRACE.with(|c| c.replace(*this.trace));
-        let out = this.inner.poll(cx);
-        CURRENT_TRACE.with(|c| c.set(outer));
-        out
-    }
+    super::span::current_trace_id().map(TraceId)
 }
 
 impl fmt::Display for TraceId {

@@ -3,15 +3,16 @@
 //! and, where the version is known, `version`.
 //!
 //! The subscriber is layered, each layer with its own filter: the log lines
-//! (`ATOLL_LOG`, default `info`), the log hub ([`logs`]), and, only when
-//! `[telemetry]` or the `OTEL_*` environment asks for it, the OTLP trace
-//! export ([`otlp`]), which sees the host's debug-level spans without them
-//! appearing in the log.
+//! (`ATOLL_LOG`, default `info`), the log hub ([`logs`]), and the warnings
+//! that become events of recorded spans ([`span::SpanEvents`]). The host's
+//! spans themselves are not `tracing` spans: [`span`] records them (and
+//! [`otlp`] exports them) without the subscriber's per-span work.
 
 pub mod logs;
 pub mod metrics;
 pub mod otlp;
 pub mod push;
+pub mod span;
 pub mod transport;
 
 use tracing::level_filters::LevelFilter;
@@ -19,8 +20,6 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-
-use crate::config::OtlpExport;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -32,30 +31,12 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber, without trace export. The filter comes
-/// from `ATOLL_LOG` (then `RUST_LOG`), default `info`; wasmtime's own chatter
-/// is kept at `warn`.
+/// Installs the global subscriber. The filter comes from `ATOLL_LOG` (then
+/// `RUST_LOG`), default `info`; wasmtime's own chatter is kept at `warn`.
+/// Trace export is not part of it: a host starts its exporter
+/// ([`otlp::start`]) when its `[telemetry]` asks for one.
 pub fn init(format: LogFormat) {
-    let _ = install(format, None);
-}
-
-/// Installs the global subscriber and, when `export` is set, the OTLP trace
-/// export whose requests run on `runtime`. The returned exporter must be
-/// shut down when the host stops, to send what is still queued.
-pub fn init_with_export(
-    format: LogFormat,
-    export: Option<&OtlpExport>,
-    runtime: &tokio::runtime::Handle,
-) -> anyhow::Result<Option<otlp::Exporter>> {
-    let Some(export) = export else {
-        init(format);
-        return Ok(None);
-    };
-    let exporter = otlp::provider(export, runtime.clone())?;
-    install(format, Some(&exporter)).map_err(|e| {
-        anyhow::anyhow!("cannot install the trace export: a log subscriber is already set ({e})")
-    })?;
-    Ok(Some(exporter))
+    let _ = install(format);
 }
 
 /// The log lines' filter.
@@ -66,10 +47,7 @@ fn log_filter() -> EnvFilter {
     EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
-fn install(
-    format: LogFormat,
-    exporter: Option<&otlp::Exporter>,
-) -> Result<(), tracing_subscriber::util::TryInitError> {
+fn install(format: LogFormat) -> Result<(), tracing_subscriber::util::TryInitError> {
     let lines = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
@@ -77,27 +55,22 @@ fn install(
         LogFormat::Text => lines.with_target(false).boxed(),
         LogFormat::Json => lines.json().boxed(),
     };
-    // The host's own spans at debug and its warnings (as span events); not
-    // guest output, not other crates, not the admin API, and not the
-    // connection span (a request is a trace's root, or the client's child).
-    let traces = exporter.map(|e| {
-        otlp::layer(e).with_filter(
-            tracing_subscriber::filter::filter_fn(|meta| {
-                meta.target().starts_with("atoll")
-                    && !meta.target().starts_with("atoll::admin")
-                    && meta.name() != "gateway.connection"
-                    && match meta.is_span() {
-                        true => *meta.level() <= tracing::Level::DEBUG,
-                        false => *meta.level() <= tracing::Level::WARN,
-                    }
-            })
-            .with_max_level_hint(LevelFilter::DEBUG),
-        )
-    });
+    // The host's warnings and errors (not the admin API's), as events of
+    // the recorded span that is current when they are logged (nothing is
+    // recorded unless spans are exported or logged).
+    let events = span::SpanEvents.with_filter(
+        tracing_subscriber::filter::filter_fn(|meta| {
+            meta.is_event()
+                && meta.target().starts_with("atoll")
+                && !meta.target().starts_with("atoll::admin")
+                && *meta.level() <= tracing::Level::WARN
+        })
+        .with_max_level_hint(LevelFilter::WARN),
+    );
     tracing_subscriber::registry()
         .with(lines.with_filter(log_filter()))
         // The log hub takes the host's warnings and component events.
         .with(logs::HostEvents.with_filter(log_filter()))
-        .with(traces)
+        .with(events)
         .try_init()
 }

@@ -1,47 +1,35 @@
-//! OTLP trace export: the host's `tracing` spans (`gateway.request`,
-//! `component.invoke`, `kv.*`, `call.invoke`, `bus.publish`, `bus.deliver`,
-//! `http.outbound`) are recorded by [`SpanLayer`], queued, and sent in
-//! batches over OTLP http/protobuf or gRPC ([`super::transport`]).
+//! OTLP trace export: the spans of [`super::span`] that are sampled end up
+//! here as a [`Rec`] each, wait in a bounded queue, and are sent in batches
+//! over OTLP http/protobuf or gRPC ([`super::transport`]).
 //!
 //! Why not `tracing-opentelemetry` and the OpenTelemetry SDK: they were the
 //! first version, and cost about 2 µs per span on the request path (a
 //! `SpanBuilder` and an OpenTelemetry `Context` per span, each attribute
 //! turned into an owned `KeyValue`, the SDK's `SpanData` built at the end),
 //! which put the export at 14–22% of `/hello` throughput against a goal of
-//! under 10%. Here a span is one small struct in the span's extensions:
-//! ids, start time and the fields as they were recorded; the protobuf is
-//! built only on the export task, off the request path.
+//! under 10%. Here a span is one small struct with the ids, times and the
+//! attributes as they were set; the protobuf is built only on the export
+//! task, off the request path.
 //!
 //! Sampling follows the SDK's `ParentBased(TraceIdRatioBased)`: a span with
 //! a parent (local, or a remote `traceparent`) inherits its sampled flag; a
 //! new trace is sampled when the low 63 bits of its id fall under the ratio.
-//! An unsampled span still has ids (they travel in `traceparent`) but
-//! records no fields and is never queued.
 //!
 //! The queue is a bounded `Vec` behind a short lock: a full queue drops spans
 //! and counts them, never blocks a request; a task on the host's runtime
-//! sends a batch when it is full or every second.
+//! sends a batch when it is full or every second. Records come back from the
+//! export task emptied but with their buffers, so recording a span
+//! allocates nothing but its handle once the host is warm.
 //!
 //! Off (no endpoint in `[telemetry]` or the environment), none of this is
-//! installed: the subscriber has only the log layer, the debug-level spans
-//! stay disabled, and [`exporting`] is false, so the request path creates
-//! nothing extra.
-//!
-//! Context crosses boundaries explicitly: the gateway continues a client's
-//! `traceparent` (or starts a trace) and answers with the exported ids
-//! ([`continue_trace`]); calls and deliveries carry the W3C `traceparent` of
-//! the span they run under ([`traceparent_of`]); a delivery continues the
-//! publisher's trace from the message header and links to it ([`adopt_remote`]).
+//! installed and [`exporting`] is false, so the request path records nothing.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwapOption;
 use opentelemetry_proto::tonic::trace::v1 as proto;
-use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id, Record};
-use tracing_subscriber::layer::Context;
-use tracing_subscriber::registry::{LookupSpan, SpanData as _};
 
 use super::transport::{Signal, Transport};
 use crate::config::OtlpExport;
@@ -52,6 +40,12 @@ static EXPORTING: AtomicBool = AtomicBool::new(false);
 /// New traces are sampled when the low 63 bits of their id are below this
 /// (`u64::MAX`: all of them).
 static SAMPLE_BOUND: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// The queue of the running exporter. Spans are recorded wherever the
+/// host's code runs, so a process exports through one exporter at a time:
+/// the first host that asks for export starts it, and it stops with that
+/// host ([`Exporter::shutdown`], or dropping it).
+static QUEUE: ArcSwapOption<Queue> = ArcSwapOption::const_empty();
 
 /// Whether this process exports spans. Code that would do extra work only
 /// for the exported trace (recording ids, adding headers) checks this first.
@@ -66,9 +60,11 @@ const MAX_QUEUE: usize = 8192;
 const MAX_BATCH: usize = 512;
 /// How often a batch leaves when the queue is not full.
 const SCHEDULE_DELAY: Duration = Duration::from_millis(1000);
-/// Fields kept per span and events per span; more are counted as dropped.
+/// Attributes kept per span and events per span; more are counted as dropped.
 const MAX_FIELDS: usize = 32;
-const MAX_EVENTS: usize = 16;
+pub(super) const MAX_EVENTS: usize = 16;
+/// Emptied records kept for reuse.
+const MAX_SPARE: usize = 2 * MAX_BATCH;
 
 /// What the exporters did, for logs and metrics.
 #[derive(Debug, Default)]
@@ -87,10 +83,11 @@ pub fn stats() -> &'static ExportStats {
     STATS.get_or_init(ExportStats::default)
 }
 
-/// The installed export pipeline; [`Exporter::shutdown`] sends what is queued.
+/// The running export pipeline; [`Exporter::shutdown`] sends what is
+/// queued. Dropped without it, export stops and what is queued is lost.
 pub struct Exporter {
     queue: Arc<Queue>,
-    task: tokio::task::JoinHandle<()>,
+    task: Option<tokio::task::JoinHandle<()>>,
     describe: String,
 }
 
@@ -100,12 +97,15 @@ impl Exporter {
         &self.describe
     }
 
-    /// Sends what is queued (each batch waiting at most the transport's
-    /// timeout) and stops.
-    pub async fn shutdown(self) {
+    /// Stops recording new spans, sends what is queued (each batch waiting
+    /// at most the transport's timeout) and stops.
+    pub async fn shutdown(mut self) {
+        self.stop_recording();
         self.queue.closed.store(true, Ordering::Release);
         self.queue.wake.notify_one();
-        if let Err(e) = self.task.await {
+        if let Some(task) = self.task.take()
+            && let Err(e) = task.await
+        {
             tracing::warn!(error = %e, "the trace export task failed");
         }
         let s = stats();
@@ -115,6 +115,26 @@ impl Exporter {
             dropped = s.dropped.load(Ordering::Relaxed),
             "trace export flushed"
         );
+    }
+
+    /// Spans ending from now on are not queued, and another exporter may
+    /// start.
+    fn stop_recording(&self) {
+        EXPORTING.store(false, Ordering::Relaxed);
+        let mine = Arc::as_ptr(&self.queue);
+        QUEUE.rcu(|current| match current {
+            Some(q) if Arc::as_ptr(q) == mine => None,
+            other => other.clone(),
+        });
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            self.stop_recording();
+            task.abort();
+        }
     }
 }
 
@@ -126,6 +146,8 @@ struct Queue {
     /// The last batch's buffer, emptied, to take the next batch in (so the
     /// queue is not reallocated for every batch).
     spare: Mutex<Vec<Rec>>,
+    /// Sent records, emptied, for new spans to fill.
+    free: Mutex<Vec<Rec>>,
     wake: tokio::sync::Notify,
     closed: AtomicBool,
 }
@@ -168,11 +190,34 @@ impl Queue {
         batch
     }
 
-    /// Gives back a batch's buffer once its spans are sent.
+    /// Gives back a batch's buffer and its records, emptied, once its spans
+    /// are sent.
     fn give_back(&self, mut batch: Vec<Rec>) {
+        {
+            let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+            let room = MAX_SPARE.saturating_sub(free.len());
+            free.extend(batch.drain(..).take(room).map(Rec::emptied));
+        }
         batch.clear();
         *self.spare.lock().unwrap_or_else(|e| e.into_inner()) = batch;
     }
+}
+
+/// Queues an ended span for export.
+pub(super) fn finish(rec: Rec) {
+    if let Some(queue) = &*QUEUE.load() {
+        queue.push(rec);
+    }
+}
+
+/// An empty record for a new span, with buffers from a sent one when there
+/// is one.
+pub(super) fn recycled() -> Rec {
+    QUEUE
+        .load()
+        .as_ref()
+        .and_then(|q| q.free.lock().unwrap_or_else(|e| e.into_inner()).pop())
+        .unwrap_or_default()
 }
 
 static DROP_LOGGED: AtomicU64 = AtomicU64::new(0);
@@ -233,12 +278,11 @@ async fn export_loop(
     }
 }
 
-/// Starts the export pipeline for `export`: the queue, and the task on
-/// `runtime` that sends it.
-pub(super) fn provider(
-    export: &OtlpExport,
-    runtime: tokio::runtime::Handle,
-) -> anyhow::Result<Exporter> {
+/// Starts the export pipeline for `export`: the queue, and the task on the
+/// current tokio runtime that sends it. From here on, sampled spans are
+/// recorded, until the returned exporter stops. Fails if this process
+/// already exports.
+pub fn start(export: &OtlpExport) -> anyhow::Result<Exporter> {
     // OTEL_BSP_SCHEDULE_DELAY (ms) may shorten or lengthen the delay.
     let delay = std::env::var("OTEL_BSP_SCHEDULE_DELAY")
         .ok()
@@ -248,11 +292,18 @@ pub(super) fn provider(
     let queue = Arc::new(Queue {
         spans: Mutex::new(Vec::new()),
         spare: Mutex::new(Vec::new()),
+        free: Mutex::new(Vec::new()),
         wake: tokio::sync::Notify::new(),
         closed: AtomicBool::new(false),
     });
     let transport = Transport::new(&export.url, export.protocol, Signal::Traces)?;
-    let task = runtime.spawn(export_loop(queue.clone(), transport, encoder, delay));
+    let previous = QUEUE.compare_and_swap(&None::<Arc<Queue>>, Some(queue.clone()));
+    if previous.is_some() {
+        anyhow::bail!(
+            "this process already exports traces (one exporter per process: spans are recorded wherever the host's code runs)"
+        );
+    }
+    let task = tokio::spawn(export_loop(queue.clone(), transport, encoder, delay));
     // The SDK's TraceIdRatioBased: compare the id's low 63 bits.
     let bound = if export.sample_ratio >= 1.0 {
         u64::MAX
@@ -260,9 +311,10 @@ pub(super) fn provider(
         (export.sample_ratio.max(0.0) * (1u64 << 63) as f64) as u64
     };
     SAMPLE_BOUND.store(bound, Ordering::Relaxed);
+    EXPORTING.store(true, Ordering::Relaxed);
     Ok(Exporter {
         queue,
-        task,
+        task: Some(task),
         describe: format!(
             "{} {} (service {}, sample ratio {})",
             export.protocol.name(),
@@ -273,53 +325,58 @@ pub(super) fn provider(
     })
 }
 
-/// The layer that records the host's spans for `exporter`.
-pub(super) fn layer(exporter: &Exporter) -> SpanLayer {
-    EXPORTING.store(true, Ordering::Relaxed);
-    SpanLayer {
-        queue: exporter.queue.clone(),
+// ---- recording ----
+
+/// A sampled span as recorded: kept by its [`super::span::Span`] while it is
+/// open, then queued.
+#[derive(Default)]
+pub(super) struct Rec {
+    pub(super) trace: u128,
+    pub(super) id: u64,
+    /// 0 for a root.
+    pub(super) parent: u64,
+    pub(super) parent_remote: bool,
+    pub(super) name: &'static str,
+    pub(super) kind: proto::span::SpanKind,
+    pub(super) start: u64,
+    pub(super) end: u64,
+    pub(super) attrs: Attrs,
+    pub(super) status: proto::status::StatusCode,
+    pub(super) events: Vec<Event>,
+    pub(super) dropped_events: u32,
+    pub(super) links: Vec<(u128, u64, bool)>,
+}
+
+impl Rec {
+    /// This record with nothing in it, keeping its buffers.
+    fn emptied(mut self) -> Rec {
+        self.attrs.list.clear();
+        self.attrs.text.clear();
+        self.attrs.dropped = 0;
+        self.events.clear();
+        self.links.clear();
+        Rec {
+            attrs: self.attrs,
+            events: self.events,
+            links: self.links,
+            ..Rec::default()
+        }
     }
 }
 
-// ---- recording ----
-
-/// A span as recorded: kept in the span's extensions while it is open, then
-/// queued. Only the ids are filled in for an unsampled span.
-struct Rec {
-    trace: u128,
-    id: u64,
-    /// 0 for a root.
-    parent: u64,
-    parent_remote: bool,
-    sampled: bool,
-    /// Whether fields are kept: sampled, or a root whose trace may still be
-    /// continued from a client's `traceparent` ([`continue_trace`]).
-    recording: bool,
-    name: &'static str,
-    kind: proto::span::SpanKind,
-    start: u64,
-    end: u64,
-    attrs: Attrs,
-    status: proto::status::StatusCode,
-    events: Vec<Event>,
-    dropped_events: u32,
-    links: Vec<(u128, u64, bool)>,
-}
-
-/// A span's or event's fields. The text of every string value is kept in
-/// one buffer (allocations on the request path were most of what recording
-/// cost: one per string, then freed on the export task's thread).
+/// A span's or event's attributes. The text of every string value is kept
+/// in one buffer (allocations on the request path were most of what
+/// recording cost: one per string, then freed on the export task's thread).
 #[derive(Default)]
-struct Attrs {
-    list: Vec<(&'static str, Value)>,
-    text: String,
-    dropped: u32,
+pub(super) struct Attrs {
+    pub(super) list: Vec<(&'static str, Value)>,
+    pub(super) text: String,
+    pub(super) dropped: u32,
 }
 
-/// A field's value, as the span recorded it; a string is a range of
-/// [`Attrs::text`].
+/// An attribute's value; a string is a range of [`Attrs::text`].
 #[derive(Clone, Copy)]
-enum Value {
+pub(super) enum Value {
     Str(u32, u32),
     I64(i64),
     F64(f64),
@@ -332,9 +389,9 @@ impl Attrs {
         self.text.get(start as usize..end as usize).unwrap_or("")
     }
 
-    /// Sets `name` (a field recorded again, such as a status filled in
-    /// late, replaces itself).
-    fn put(&mut self, name: &'static str, value: Value) {
+    /// Sets `name` (a value set again, such as a status filled in late,
+    /// replaces itself).
+    pub(super) fn put(&mut self, name: &'static str, value: Value) {
         if let Some(slot) = self.list.iter_mut().find(|(k, _)| *k == name) {
             slot.1 = value;
         } else if self.list.len() < MAX_FIELDS {
@@ -345,370 +402,51 @@ impl Attrs {
     }
 
     /// Sets `name` to a string.
-    fn put_str(&mut self, name: &'static str, text: &str) {
+    pub(super) fn put_str(&mut self, name: &'static str, text: &str) {
         let start = self.text.len() as u32;
         self.text.push_str(text);
         self.put(name, Value::Str(start, self.text.len() as u32));
     }
 }
 
-/// A log event inside a sampled span (the host's warnings and errors).
-struct Event {
-    time: u64,
-    name: String,
-    attrs: Attrs,
+/// Attributes as `key=value key=value` (for the log line of a span).
+pub(super) struct Shown<'a>(pub(super) &'a Attrs);
+
+impl std::fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (key, value)) in self.0.list.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            match value {
+                Value::Str(a, b) => write!(f, "{key}={}", self.0.str(*a, *b))?,
+                Value::I64(v) => write!(f, "{key}={v}")?,
+                Value::F64(v) => write!(f, "{key}={v}")?,
+                Value::Bool(v) => write!(f, "{key}={v}")?,
+            }
+        }
+        Ok(())
+    }
 }
 
-fn now_nanos() -> u64 {
+/// A log event inside a sampled span (the host's warnings and errors).
+pub(super) struct Event {
+    pub(super) time: u64,
+    pub(super) name: String,
+    pub(super) attrs: Attrs,
+}
+
+/// Nanoseconds since the Unix epoch, as OTLP wants span times.
+pub(super) fn now_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-fn new_trace_id() -> u128 {
-    loop {
-        let id = fastrand::u128(..);
-        if id != 0 {
-            return id;
-        }
-    }
-}
-
-fn new_span_id() -> u64 {
-    loop {
-        let id = fastrand::u64(..);
-        if id != 0 {
-            return id;
-        }
-    }
-}
-
 /// Whether a new trace with this id is sampled.
-fn sample(trace: u128) -> bool {
+pub(super) fn sample(trace: u128) -> bool {
     let bound = SAMPLE_BOUND.load(Ordering::Relaxed);
     bound == u64::MAX || ((trace as u64) >> 1) < bound
-}
-
-/// Records span fields into [`Attrs`]; `otel.kind` and `otel.status_code`
-/// set the span's kind and status, and an event's `message` its name,
-/// rather than becoming attributes.
-struct Fields<'a> {
-    attrs: &'a mut Attrs,
-    kind: Option<&'a mut proto::span::SpanKind>,
-    status: Option<&'a mut proto::status::StatusCode>,
-    message: Option<&'a mut String>,
-}
-
-impl Fields<'_> {
-    /// A string value, written by `write` at the end of the text buffer.
-    fn put_text(&mut self, field: &Field, write: impl FnOnce(&mut String)) {
-        let start = self.attrs.text.len();
-        write(&mut self.attrs.text);
-        let text = &self.attrs.text[start..];
-        let taken = match field.name() {
-            "otel.kind" => {
-                if let Some(k) = self.kind.as_deref_mut() {
-                    *k = match text {
-                        "server" => proto::span::SpanKind::Server,
-                        "client" => proto::span::SpanKind::Client,
-                        "producer" => proto::span::SpanKind::Producer,
-                        "consumer" => proto::span::SpanKind::Consumer,
-                        _ => proto::span::SpanKind::Internal,
-                    };
-                }
-                true
-            }
-            "otel.status_code" => {
-                if let Some(s) = self.status.as_deref_mut() {
-                    *s = if text.eq_ignore_ascii_case("error") {
-                        proto::status::StatusCode::Error
-                    } else if text.eq_ignore_ascii_case("ok") {
-                        proto::status::StatusCode::Ok
-                    } else {
-                        proto::status::StatusCode::Unset
-                    };
-                }
-                true
-            }
-            "message" => match self.message.as_deref_mut() {
-                Some(m) => {
-                    *m = text.to_owned();
-                    true
-                }
-                None => false,
-            },
-            _ => false,
-        };
-        if taken {
-            self.attrs.text.truncate(start);
-        } else {
-            let end = self.attrs.text.len() as u32;
-            self.attrs.put(field.name(), Value::Str(start as u32, end));
-        }
-    }
-}
-
-impl Visit for Fields<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.put_text(field, |t| t.push_str(value));
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        // `%x` fields arrive here too, and their Debug is their Display.
-        self.put_text(field, |t| {
-            use std::fmt::Write as _;
-            let _ = write!(t, "{value:?}");
-        });
-    }
-
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.attrs.put(field.name(), Value::I64(value));
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        match i64::try_from(value) {
-            Ok(v) => self.attrs.put(field.name(), Value::I64(v)),
-            Err(_) => self.put_text(field, |t| {
-                use std::fmt::Write as _;
-                let _ = write!(t, "{value}");
-            }),
-        }
-    }
-
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        self.attrs.put(field.name(), Value::F64(value));
-    }
-
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.attrs.put(field.name(), Value::Bool(value));
-    }
-
-    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.put_text(field, |t| {
-            use std::fmt::Write as _;
-            let _ = write!(t, "{value}");
-        });
-    }
-}
-
-impl Rec {
-    fn fields(&mut self) -> Fields<'_> {
-        Fields {
-            attrs: &mut self.attrs,
-            kind: Some(&mut self.kind),
-            status: Some(&mut self.status),
-            message: None,
-        }
-    }
-}
-
-/// The `tracing` layer that records spans for export (see the module doc).
-pub struct SpanLayer {
-    queue: Arc<Queue>,
-}
-
-impl<S> tracing_subscriber::Layer<S> for SpanLayer
-where
-    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
-{
-    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        let Some(span) = ctx.span(id) else { return };
-        // The parent as this layer sees it: spans it does not record (the
-        // connection span, other crates') are skipped.
-        let parent = match attrs.parent() {
-            Some(p) => ctx.span(p),
-            None if attrs.is_contextual() => ctx.lookup_current(),
-            None => None,
-        };
-        let parent = parent.and_then(|p| {
-            p.extensions()
-                .get::<Rec>()
-                .map(|r| (r.trace, r.id, r.sampled))
-        });
-        let (trace, parent, sampled, recording) = match parent {
-            Some((trace, id, sampled)) => (trace, id, sampled, sampled),
-            None => {
-                let trace = new_trace_id();
-                (trace, 0, sample(trace), true)
-            }
-        };
-        let mut rec = Rec {
-            trace,
-            id: new_span_id(),
-            parent,
-            parent_remote: false,
-            sampled,
-            recording,
-            name: attrs.metadata().name(),
-            kind: proto::span::SpanKind::Internal,
-            start: 0,
-            end: 0,
-            attrs: Attrs::default(),
-            status: proto::status::StatusCode::Unset,
-            events: Vec::new(),
-            dropped_events: 0,
-            links: Vec::new(),
-        };
-        if recording {
-            rec.start = now_nanos();
-            rec.attrs.list.reserve(attrs.fields().len());
-            rec.attrs.text.reserve(64);
-            attrs.record(&mut rec.fields());
-        }
-        span.extensions_mut().insert(rec);
-    }
-
-    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
-        let Some(span) = ctx.span(id) else { return };
-        let mut ext = span.extensions_mut();
-        if let Some(rec) = ext.get_mut::<Rec>().filter(|r| r.recording) {
-            values.record(&mut rec.fields());
-        }
-    }
-
-    fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
-        let Some(span) = ctx.event_span(event) else {
-            return;
-        };
-        let mut ext = span.extensions_mut();
-        let Some(rec) = ext.get_mut::<Rec>().filter(|r| r.recording) else {
-            return;
-        };
-        if rec.events.len() >= MAX_EVENTS {
-            rec.dropped_events += 1;
-            return;
-        }
-        let level = *event.metadata().level();
-        if level == tracing::Level::ERROR {
-            rec.status = proto::status::StatusCode::Error;
-        }
-        let mut name = String::new();
-        let mut fields = Attrs::default();
-        fields.put_str("level", level.as_str());
-        event.record(&mut Fields {
-            attrs: &mut fields,
-            kind: None,
-            status: None,
-            message: Some(&mut name),
-        });
-        if name.is_empty() {
-            name = event.metadata().name().to_owned();
-        }
-        rec.events.push(Event {
-            time: now_nanos(),
-            name,
-            attrs: fields,
-        });
-    }
-
-    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
-        let Some(span) = ctx.span(&id) else { return };
-        let Some(mut rec) = span.extensions_mut().remove::<Rec>() else {
-            return;
-        };
-        if rec.sampled {
-            rec.end = now_nanos();
-            self.queue.push(rec);
-        }
-    }
-}
-
-/// Runs `f` on the record of `span`, if this layer records it.
-fn with_rec<T>(span: &tracing::Span, f: impl FnOnce(&mut Rec) -> T) -> Option<T> {
-    if !exporting() || span.is_disabled() {
-        return None;
-    }
-    span.with_subscriber(|(id, dispatch)| {
-        let registry = dispatch.downcast_ref::<tracing_subscriber::Registry>()?;
-        let data = registry.span_data(id)?;
-        let mut ext = data.extensions_mut();
-        ext.get_mut::<Rec>().map(f)
-    })
-    .flatten()
-}
-
-// ---- context helpers used on the request path (only when exporting) ----
-
-/// A W3C trace context: trace id, the caller's span id, sampled.
-pub type Remote = (u128, u64, bool);
-
-/// Makes `span` (a `gateway.request` just created) continue `remote` (the
-/// client's traceparent) or start a new trace, and returns the ids the
-/// exported span has: (trace id, span id, sampled). `None` when the span is
-/// not exported (export off, or the span disabled).
-pub fn continue_trace(span: &tracing::Span, remote: Option<Remote>) -> Option<Remote> {
-    with_rec(span, |rec| {
-        if let Some((trace, parent, sampled)) = remote {
-            rec.trace = trace;
-            rec.parent = parent;
-            rec.parent_remote = true;
-            rec.sampled = sampled;
-        }
-        if !rec.sampled {
-            // Nothing of it will be sent: stop recording fields.
-            rec.recording = false;
-            rec.attrs = Attrs::default();
-        }
-        (rec.trace, rec.id, rec.sampled)
-    })
-}
-
-/// Makes `span` (a `bus.deliver`, not yet entered) a child of the
-/// publishing span named by `traceparent`, and links it there too (a viewer
-/// that starts a new trace per consumer still finds the producer).
-pub fn adopt_remote(span: &tracing::Span, traceparent: Option<&str>) {
-    let Some((trace, parent, sampled)) = traceparent.and_then(parse_traceparent) else {
-        return;
-    };
-    with_rec(span, |rec| {
-        rec.trace = trace;
-        rec.parent = parent;
-        rec.parent_remote = true;
-        rec.sampled = sampled;
-        rec.recording = sampled;
-        rec.links.push((trace, parent, sampled));
-    });
-}
-
-/// The W3C `traceparent` of `span`'s exported context, for whatever it
-/// starts elsewhere (a call's store, a message, an outbound request).
-pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
-    let (trace, id, sampled) = with_rec(span, |rec| (rec.trace, rec.id, rec.sampled))?;
-    Some(format_traceparent(trace, id, sampled))
-}
-
-/// The trace id of the innermost exported span that is open on this
-/// thread (for log records written inside it).
-pub fn current_trace_id() -> Option<u128> {
-    with_rec(&tracing::Span::current(), |rec| rec.trace)
-}
-
-/// `00-<trace>-<span>-<flags>`.
-pub fn format_traceparent(trace: u128, span: u64, sampled: bool) -> String {
-    format!(
-        "00-{trace:032x}-{span:016x}-{}",
-        if sampled { "01" } else { "00" }
-    )
-}
-
-/// Parses `00-<32 hex>-<16 hex>-<2 hex>`; all-zero ids are invalid.
-pub fn parse_traceparent(text: &str) -> Option<Remote> {
-    let mut parts = text.trim().split('-');
-    let version = parts.next()?;
-    let (trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?);
-    let hex =
-        |s: &str, len| s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    if !hex(version, 2) || version == "ff" || !hex(trace, 32) || !hex(parent, 16) || !hex(flags, 2)
-    {
-        return None;
-    }
-    if version == "00" && parts.next().is_some() {
-        return None;
-    }
-    let trace = u128::from_str_radix(trace, 16).ok().filter(|t| *t != 0)?;
-    let parent = u64::from_str_radix(parent, 16).ok().filter(|p| *p != 0)?;
-    let flags = u8::from_str_radix(flags, 16).ok()?;
-    Some((trace, parent, flags & 1 == 1))
 }
 
 // ---- encoding (on the export task) ----
@@ -820,7 +558,7 @@ mod wire {
         }
         fixed32(
             16,
-            super::flags(rec.sampled, (rec.parent != 0).then_some(rec.parent_remote)),
+            super::flags(true, (rec.parent != 0).then_some(rec.parent_remote)),
             out,
         );
     }
@@ -897,16 +635,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn traceparent_round_trip() {
-        let text = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let (t, s, sampled) = parse_traceparent(text).unwrap();
-        assert_eq!(format_traceparent(t, s, sampled), text);
-        assert!(
-            parse_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none()
-        );
-    }
-
-    #[test]
     fn ratio_sampling_uses_the_low_63_bits() {
         SAMPLE_BOUND.store((0.25 * (1u64 << 63) as f64) as u64, Ordering::Relaxed);
         let kept = (0..10_000u128)
@@ -924,8 +652,6 @@ mod tests {
             id: 0x00f0_67aa_0ba9_02b7,
             parent,
             parent_remote: remote,
-            sampled: true,
-            recording: true,
             name: "gateway.request",
             kind: proto::span::SpanKind::Server,
             start: 1_700_000_000_000_000_000,

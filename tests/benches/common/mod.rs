@@ -337,3 +337,106 @@ pub fn print_machine() {
         .unwrap_or_else(|| "unknown CPU".into());
     println!("machine: {cpus} CPUs ({model})");
 }
+
+/// The CPUs this process may run on.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: `set` is a plain bit set that sched_getaffinity fills in.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// Pins the calling thread, and the threads and processes it starts from
+/// now on, to `cpus`. Returns false if the kernel refused.
+pub fn pin_thread(cpus: &[usize]) -> bool {
+    // SAFETY: `set` is a plain bit set, filled in before the call reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
+/// Where a bench puts the server under test and its load: with
+/// `ATOLL_BENCH_PIN` unset or 1 and at least 2 CPUs, the server gets the
+/// last CPU and the bench (load generator, receivers) the others, so the
+/// two never take turns on one core and throughput is the server's own CPU
+/// time per request; with `ATOLL_BENCH_PIN=0`, everything shares every CPU.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    /// The server's CPUs (empty: not pinned).
+    pub server: Vec<usize>,
+    /// The bench's own CPUs (empty: not pinned).
+    pub bench: Vec<usize>,
+}
+
+impl Placement {
+    /// From `ATOLL_BENCH_PIN` and the CPUs this process may use.
+    pub fn from_env() -> Placement {
+        let cpus = allowed_cpus();
+        let pin = env_parse("ATOLL_BENCH_PIN", 1u8) == 1 && cpus.len() >= 2;
+        match cpus.split_last() {
+            Some((last, rest)) if pin => Placement {
+                server: vec![*last],
+                bench: rest.to_vec(),
+            },
+            _ => Placement {
+                server: Vec::new(),
+                bench: Vec::new(),
+            },
+        }
+    }
+
+    /// Runs `start` (which spawns the server) with the calling thread on the
+    /// server's CPUs, so the server inherits them, then moves the calling
+    /// thread back to the bench's.
+    pub fn spawn_server<T>(&self, start: impl FnOnce() -> T) -> T {
+        if self.server.is_empty() {
+            return start();
+        }
+        pin_thread(&self.server);
+        let started = start();
+        pin_thread(&self.bench);
+        started
+    }
+
+    /// Puts the calling thread on the bench's CPUs.
+    pub fn pin_bench_thread(&self) {
+        if !self.bench.is_empty() {
+            pin_thread(&self.bench);
+        }
+    }
+
+    /// One line for the bench's header.
+    pub fn describe(&self) -> String {
+        if self.server.is_empty() {
+            "not pinned: server and load share every CPU".to_string()
+        } else {
+            format!(
+                "server pinned to CPU {:?}, load generator and receivers to CPU {:?} (ATOLL_BENCH_PIN=0 to share)",
+                self.server, self.bench
+            )
+        }
+    }
+}
+
+impl LoadResult {
+    /// Adds another run's requests, errors, time and latencies to this one.
+    pub fn merge(&mut self, other: LoadResult) {
+        self.ok += other.ok;
+        self.errors += other.errors;
+        self.first_error = self.first_error.take().or(other.first_error);
+        self.duration += other.duration;
+        self.latency
+            .add(&other.latency)
+            .expect("same histogram bounds");
+    }
+}

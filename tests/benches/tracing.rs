@@ -113,14 +113,7 @@ fn main() -> anyhow::Result<()> {
     let rounds: usize = common::env_parse("ATOLL_BENCH_ROUNDS", 6);
     let bin = Path::new(env!("CARGO_BIN_EXE_atoll-cli"));
 
-    let receiver_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .on_thread_start({
-            let placement = placement.clone();
-            move || placement.pin_bench_thread()
-        })
-        .enable_all()
-        .build()?;
+    let receiver_rt = placement.runtime()?;
     let sink = Arc::new(Sink::default());
     let collector = receiver(&receiver_rt, sink.clone())?;
 
@@ -185,10 +178,14 @@ fn main() -> anyhow::Result<()> {
         // all configurations alike. Fresh processes each round, because one
         // process can run a few percent faster or slower than an identical
         // one for its whole life.
-        let running = configs
-            .iter()
-            .map(|(name, toml)| start(name, toml))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        // They start in a rotating order too (a host started first or last
+        // in a round may fare differently).
+        let mut running: Vec<Option<_>> = configs.iter().map(|_| None).collect();
+        for k in 0..configs.len() {
+            let i = (k + round) % configs.len();
+            running[i] = Some(start(configs[i].0, &configs[i].1)?);
+        }
+        let running: Vec<_> = running.into_iter().map(|h| h.expect("started")).collect();
         let mut merged: Vec<Option<LoadResult>> = hosts.iter().map(|_| None).collect();
         let mut cpu_used = vec![0.0; hosts.len()];
         let mut requests = vec![0.0; hosts.len()];
@@ -513,14 +510,7 @@ fn span_pipeline(collector: &str, placement: &common::Placement) -> anyhow::Resu
     timed(requests / 10);
     let off_ns = timed(requests);
 
-    let export_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .on_thread_start({
-            let placement = placement.clone();
-            move || placement.pin_bench_thread()
-        })
-        .enable_all()
-        .build()?;
+    let export_rt = placement.runtime()?;
     let export = atoll::config::OtlpExport {
         url: format!("{collector}/v1/traces").parse()?,
         protocol: atoll::config::OtlpProtocol::HttpProtobuf,

@@ -480,18 +480,20 @@ async fn in_process_hosts_export_one_after_another_and_a_second_at_once_shares()
             .map(|s| (s.name, s.service))
             .collect::<Vec<_>>()
     };
+    // The trace id of one GET /hello.
+    let hello = async |host: &TestHost| {
+        let r = send_with("GET", &host.url("/hello"), &[], "")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        traceparent(&r.headers).0
+    };
     let first = TestHost::start(&manifest("first")).await;
-    let r = send_with("GET", &first.url("/hello"), &[], "")
-        .await
-        .unwrap();
-    let (trace_1, _, _) = traceparent(&r.headers);
+    let trace_1 = hello(&first).await;
     // Started while the first exports: its spans go to the first's exporter.
     let second = TestHost::start(&manifest("second")).await;
     assert!(second.host.trace_export().is_none());
-    let r = send_with("GET", &second.url("/hello"), &[], "")
-        .await
-        .unwrap();
-    let (trace_2, _, _) = traceparent(&r.headers);
+    let trace_2 = hello(&second).await;
     second.stop().await;
     // Stopping the exporting host sends what is queued and ends export.
     first.stop().await;
@@ -504,10 +506,7 @@ async fn in_process_hosts_export_one_after_another_and_a_second_at_once_shares()
     // A host started after it exports through an exporter of its own.
     let third = TestHost::start(&manifest("third")).await;
     assert!(third.host.trace_export().is_some());
-    let r = send_with("GET", &third.url("/hello"), &[], "")
-        .await
-        .unwrap();
-    let (trace_3, _, _) = traceparent(&r.headers);
+    let trace_3 = hello(&third).await;
     third.stop().await;
     assert_eq!(traced(&trace_3).len(), 2);
     assert!(traced(&trace_3).iter().all(|(_, s)| s == "third"));

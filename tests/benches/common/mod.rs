@@ -415,6 +415,17 @@ impl Placement {
         }
     }
 
+    /// A tokio runtime with one worker, on the bench's CPUs (for receivers
+    /// and other helpers of the bench).
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        let placement = self.clone();
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .on_thread_start(move || placement.pin_bench_thread())
+            .enable_all()
+            .build()
+    }
+
     /// One line for the bench's header.
     pub fn describe(&self) -> String {
         if self.server.is_empty() {

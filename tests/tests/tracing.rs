@@ -8,7 +8,8 @@
 //!   that message to a third component: one trace, every span's parent in it.
 //! - A client's `traceparent` becomes the parent of `gateway.request`; the
 //!   response carries the exported ids; queued spans are sent on shutdown.
-//! - Off, nothing is sent; a bad `OTEL_*` value stops the host with its name.
+//! - Off, nothing is sent; a bad `OTEL_*` value stops the host with its name;
+//!   a collector that is down costs no request and is logged once.
 //! - Without export, `ATOLL_LOG=atoll::span=debug` writes each span as a log
 //!   line with the same ids and attributes.
 //! - Hosts inside one process (`RunningHost`) export too, one exporter at a
@@ -510,6 +511,43 @@ async fn in_process_hosts_export_one_after_another_and_a_second_at_once_shares()
     third.stop().await;
     assert_eq!(traced(&trace_3).len(), 2);
     assert!(traced(&trace_3).iter().all(|(_, s)| s == "third"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_is_down_costs_no_request_and_is_logged_once() {
+    // Nothing listens on port 1.
+    let (_dir, manifest) = manifest_file(
+        "[telemetry]\notlp_endpoint = \"http://127.0.0.1:1\"\n\n\
+         [components.hello]\nsource = \"{hello}\"\nroutes = [\"/hello\"]\n",
+    );
+    let host = ChildHost::spawn_otel(bin(), &manifest, &[("OTEL_BSP_SCHEDULE_DELAY", "50")]).await;
+    for _ in 0..3 {
+        for _ in 0..20 {
+            let r = send_with("GET", &host.url("/hello"), &[], "")
+                .await
+                .unwrap();
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+        // Several batches fail.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = host.stop().await;
+    let failed: Vec<&String> = log
+        .iter()
+        .filter(|l| l.contains("exporting spans failed"))
+        .collect();
+    assert_eq!(failed.len(), 1, "{log:#?}");
+    let flushed = log
+        .iter()
+        .find(|l| l.contains("trace export flushed"))
+        .unwrap_or_else(|| panic!("{log:#?}"));
+    // Every span of the 60 requests (two each) was tried and counted.
+    assert!(
+        flushed.contains("exported=0")
+            && flushed.contains("failed=120")
+            && flushed.contains("dropped=0"),
+        "{flushed}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -215,13 +215,9 @@ impl TraceId {
             .map(TraceId)
     }
 
-    /// The trace id of a `traceparent` header value (`00-<trace id>-...`).
+    /// The trace id of a valid `traceparent` header value.
     pub fn from_traceparent(header: &str) -> Option<TraceId> {
-        let mut parts = header.trim().split('-');
-        let _version = parts.next()?;
-        let id = parts.next()?;
-        parts.next()?;
-        TraceId::from_hex(id)
+        super::span::SpanContext::parse(header).map(|c| TraceId(c.trace))
     }
 }
 

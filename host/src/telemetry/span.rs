@@ -54,28 +54,24 @@ pub struct SpanContext {
 }
 
 impl SpanContext {
-    /// Parses `00-<32 hex>-<16 hex>-<2 hex>`; all-zero ids are invalid.
+    /// Parses `00-<32 hex>-<16 hex>-<2 hex>` (lowercase hex, as W3C trace
+    /// context requires); all-zero ids are invalid. Read digit by digit in
+    /// one pass: every request and message with a trace context goes
+    /// through here, and `from_str_radix` after a separate check took
+    /// several times longer.
     pub fn parse(text: &str) -> Option<SpanContext> {
         let mut parts = text.trim().split('-');
         let version = parts.next()?;
         let (trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?);
-        let hex = |s: &str, len| {
-            s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        };
-        if !hex(version, 2)
-            || version == "ff"
-            || !hex(trace, 32)
-            || !hex(span, 16)
-            || !hex(flags, 2)
-        {
+        if version.len() != 2 || trace.len() != 32 || span.len() != 16 || flags.len() != 2 {
             return None;
         }
-        if version == "00" && parts.next().is_some() {
+        let (version, flags) = (lower_hex(version)?, lower_hex(flags)?);
+        if version == 0xff || (version == 0 && parts.next().is_some()) {
             return None;
         }
-        let trace = u128::from_str_radix(trace, 16).ok().filter(|t| *t != 0)?;
-        let span = u64::from_str_radix(span, 16).ok().filter(|s| *s != 0)?;
-        let flags = u8::from_str_radix(flags, 16).ok()?;
+        let trace = lower_hex(trace).filter(|t| *t != 0)?;
+        let span = lower_hex(span).filter(|s| *s != 0)? as u64;
         Some(SpanContext {
             trace,
             span,
@@ -105,6 +101,18 @@ impl SpanContext {
         }
         out
     }
+}
+
+/// The value of up to 32 lowercase hex digits.
+fn lower_hex(digits: &str) -> Option<u128> {
+    digits.bytes().try_fold(0u128, |value, b| {
+        let digit = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            _ => return None,
+        };
+        Some(value << 4 | u128::from(digit))
+    })
 }
 
 /// A new nonzero trace id.

@@ -146,14 +146,16 @@ impl LoadedApp {
         // Before anything is served or delivered, so every request's spans
         // are exported; one exporter per process (see `otlp`).
         let traces = match &self.traces {
-            Some(export) if otlp::exporting() => {
-                tracing::warn!(
-                    endpoint = %export.url,
-                    "this process already exports traces for another host; this host's spans go there too"
-                );
-                None
+            Some(export) => {
+                let started = otlp::start(export).map_err(|e| anyhow!("trace export: {e:#}"))?;
+                if started.is_none() {
+                    tracing::warn!(
+                        endpoint = %export.url,
+                        "this process already exports traces for another host; this host's spans go there too"
+                    );
+                }
+                started
             }
-            Some(export) => Some(otlp::start(export).map_err(|e| anyhow!("trace export: {e:#}"))?),
             None => None,
         };
         let listener = gateway::bind(self.manifest.host.listen).await?;

@@ -520,7 +520,7 @@ fn span_pipeline(collector: &str, placement: &common::Placement) -> anyhow::Resu
     atoll::telemetry::init(atoll::telemetry::LogFormat::Text);
     let exporter = {
         let _runtime = export_rt.enter();
-        otlp::start(&export)?
+        otlp::start(&export)?.expect("no other exporter in the bench process")
     };
     let export_cpu = || {
         export_rt

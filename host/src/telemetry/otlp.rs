@@ -280,9 +280,9 @@ async fn export_loop(
 
 /// Starts the export pipeline for `export`: the queue, and the task on the
 /// current tokio runtime that sends it. From here on, sampled spans are
-/// recorded, until the returned exporter stops. Fails if this process
-/// already exports.
-pub fn start(export: &OtlpExport) -> anyhow::Result<Exporter> {
+/// recorded, until the returned exporter stops. `None` when this process
+/// already exports: spans go to the running exporter.
+pub fn start(export: &OtlpExport) -> anyhow::Result<Option<Exporter>> {
     // OTEL_BSP_SCHEDULE_DELAY (ms) may shorten or lengthen the delay.
     let delay = std::env::var("OTEL_BSP_SCHEDULE_DELAY")
         .ok()
@@ -299,9 +299,7 @@ pub fn start(export: &OtlpExport) -> anyhow::Result<Exporter> {
     let transport = Transport::new(&export.url, export.protocol, Signal::Traces)?;
     let previous = QUEUE.compare_and_swap(&None::<Arc<Queue>>, Some(queue.clone()));
     if previous.is_some() {
-        anyhow::bail!(
-            "this process already exports traces (one exporter per process: spans are recorded wherever the host's code runs)"
-        );
+        return Ok(None);
     }
     let task = tokio::spawn(export_loop(queue.clone(), transport, encoder, delay));
     // The SDK's TraceIdRatioBased: compare the id's low 63 bits.
@@ -312,7 +310,7 @@ pub fn start(export: &OtlpExport) -> anyhow::Result<Exporter> {
     };
     SAMPLE_BOUND.store(bound, Ordering::Relaxed);
     EXPORTING.store(true, Ordering::Relaxed);
-    Ok(Exporter {
+    Ok(Some(Exporter {
         queue,
         task: Some(task),
         describe: format!(
@@ -322,7 +320,7 @@ pub fn start(export: &OtlpExport) -> anyhow::Result<Exporter> {
             export.service_name,
             export.sample_ratio
         ),
-    })
+    }))
 }
 
 // ---- recording ----

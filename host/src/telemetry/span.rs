@@ -187,6 +187,14 @@ impl State {
             State::Recorded(r) => Some(r.context),
         }
     }
+
+    /// Runs `f` on the record, if this span is recorded.
+    fn record(&self, f: impl FnOnce(&mut Attributes<'_>)) {
+        if let State::Recorded(r) = self {
+            let mut rec = r.rec.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut Attributes { rec: &mut rec });
+        }
+    }
 }
 
 thread_local! {
@@ -256,8 +264,8 @@ impl Span {
         })))
     }
 
-    /// Whether this span is recorded (export on and sampled): worth
-    /// computing attributes for.
+    /// Whether this span is recorded (sampled, with export on or spans
+    /// logged): worth computing attributes for.
     pub fn is_recording(&self) -> bool {
         matches!(self.0, State::Recorded(_))
     }
@@ -279,10 +287,7 @@ impl Span {
 
     /// Sets attributes (only when recording; `f` is not called otherwise).
     pub fn record(&self, f: impl FnOnce(&mut Attributes<'_>)) {
-        if let State::Recorded(r) = &self.0 {
-            let mut rec = r.rec.lock().unwrap_or_else(|e| e.into_inner());
-            f(&mut Attributes { rec: &mut rec });
-        }
+        self.0.record(f);
     }
 
     /// `self` with attributes set (see [`Span::record`]).
@@ -302,12 +307,7 @@ impl Span {
     /// moves to a task of its own still logs the trace it was started in.
     pub fn instrument<F: Future>(self, inner: F) -> Instrumented<F> {
         let span = match self.0 {
-            State::None => Span(CURRENT.with(|c| {
-                c.try_borrow()
-                    .ok()
-                    .and_then(|s| s.context())
-                    .map_or(State::None, State::Context)
-            })),
+            State::None => Span(current_context().map_or(State::None, State::Context)),
             _ => self,
         };
         Instrumented { span, inner }
@@ -347,11 +347,8 @@ pub fn current_trace_id() -> Option<u128> {
 /// Sets attributes on the current span (when it is recorded).
 pub fn record_current(f: impl FnOnce(&mut Attributes<'_>)) {
     CURRENT.with(|c| {
-        if let Ok(state) = c.try_borrow()
-            && let State::Recorded(r) = &*state
-        {
-            let mut rec = r.rec.lock().unwrap_or_else(|e| e.into_inner());
-            f(&mut Attributes { rec: &mut rec });
+        if let Ok(state) = c.try_borrow() {
+            state.record(f);
         }
     });
 }
